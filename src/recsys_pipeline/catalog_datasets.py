@@ -1,0 +1,129 @@
+"""Kedro dataset classes of the project (the only module besides ``pipelines/`` importing Kedro).
+
+* :class:`RawEventsDataset`: a folder of raw files in a published format. ``load`` checks that the
+  files are there (with a hint where to get them) and returns a :class:`RawSource`; ``save``
+  (used for generated data) moves finished files into place, so nothing half-written appears.
+* :class:`AtomicPolarsDataset`, :class:`AtomicJSONDataset`: kedro-datasets' polars and JSON
+  datasets whose ``save`` writes to a temporary name and renames it, so an interrupted run never
+  leaves a truncated artifact that a later load would pick up as the latest version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import polars as pl
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.polars import EagerPolarsDataset
+
+from recsys_pipeline.datasets import get_format
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """Where a dataset's raw files are: the format's reader takes it from here."""
+
+    format: str
+    directory: str
+    files: list[str] = field(default_factory=list)
+
+
+class RawEventsDataset(AbstractVersionedDataset[RawSource, RawSource]):
+    """A folder holding a dataset's raw files (``2019-Oct.csv``, ``events.csv``, ...).
+
+    Args:
+        filepath: The folder, e.g. ``data/01_raw/rees46``.
+        format: The published format (``rees46``, ``yoochoose``, ``rsc15``, ``coveo``,
+            ``retailrocket``, ``diginetica``); it names the files to expect.
+        files: Other file names than the format's defaults (e.g. a sample), in reading order.
+        version: Kedro versioning (for generated raw data).
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        format: str,  # noqa: A002 - the catalog key users write
+        files: list[str] | None = None,
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(filepath=PurePosixPath(filepath), version=version)
+        self._format = format
+        self._files = list(files) if files else list(get_format(format).files)
+        self.metadata = metadata
+
+    def load(self) -> RawSource:
+        """Check that the raw files exist (plain or .gz) and say where they are."""
+        directory = Path(str(self._get_load_path()))
+        paths = get_format(self._format).locate(directory, self._files)
+        return RawSource(self._format, str(directory), [p.name for p in paths])
+
+    def save(self, data: RawSource) -> None:
+        """Move the finished files of ``data.directory`` into this dataset's folder."""
+        target = Path(str(self._get_save_path()))
+        staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        staging.mkdir(parents=True, exist_ok=True)
+        for name in data.files:
+            shutil.move(str(Path(data.directory) / name), staging / name)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+
+    def _exists(self) -> bool:
+        try:
+            load_path = Path(str(self._get_load_path()))
+        except DatasetError:
+            return False
+        return load_path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "format": self._format, "files": self._files}
+
+
+def _atomic_write(fs: Any, path: str, write: Any, open_args: dict[str, Any]) -> None:
+    """Write through ``write(file)`` to ``path + .partial-<pid>``, then rename it to ``path``."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    fs.mkdirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with fs.open(tmp, **open_args) as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+class AtomicPolarsDataset(EagerPolarsDataset):
+    """``polars.EagerPolarsDataset`` (parquet, csv, ...) with an atomic, buffer-free save."""
+
+    def save(self, data: pl.DataFrame) -> None:
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        method = getattr(data, f"write_{self._file_format}")
+        _atomic_write(
+            self._fs, path, lambda h: method(h, **self._save_args), self._fs_open_args_save
+        )
+        self._invalidate_cache()
+
+
+class AtomicJSONDataset(JSONDataset):
+    """``json.JSONDataset`` with an atomic save."""
+
+    def save(self, data: Any) -> None:
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        args = {"mode": "w", **self._fs_open_args_save}
+        args.pop("encoding", None)
+        _atomic_write(
+            self._fs,
+            path,
+            lambda h: h.write(json.dumps(data, **self._save_args).encode("utf-8"))
+            if "b" in args["mode"]
+            else json.dump(data, h, **self._save_args),
+            args,
+        )
+        self._invalidate_cache()

@@ -1,0 +1,78 @@
+"""Raw readers, one module per published format, and :func:`read_events` that uses them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from recsys_pipeline.datasets.base import RawDataError, RawFormat
+from recsys_pipeline.datasets.coveo import Coveo
+from recsys_pipeline.datasets.diginetica import Diginetica
+from recsys_pipeline.datasets.rees46 import Rees46
+from recsys_pipeline.datasets.retailrocket import RetailRocket
+from recsys_pipeline.datasets.yoochoose import Rsc15, Yoochoose
+
+logger = logging.getLogger(__name__)
+
+FORMATS: dict[str, type[RawFormat]] = {
+    "rees46": Rees46,
+    "yoochoose": Yoochoose,
+    "rsc15": Rsc15,
+    "coveo": Coveo,
+    "retailrocket": RetailRocket,
+    "diginetica": Diginetica,
+}
+
+STANDARD_COLUMNS = ("key", "ItemId", "sort_item", "Time", "kept")
+
+__all__ = ["FORMATS", "RawDataError", "RawFormat", "get_format", "read_events"]
+
+
+def get_format(name: str, **options: object) -> RawFormat:
+    """The reader of a published raw format (``options``: e.g. ``timezone`` for rsc15)."""
+    try:
+        cls = FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown raw format {name!r}; known: {sorted(FORMATS)}") from None
+    return cls(**options)
+
+
+def read_events(
+    fmt: str,
+    directory: str | Path,
+    files: list[str] | None = None,
+    *,
+    kept_only: bool = False,
+    **options: object,
+) -> pl.DataFrame:
+    """Read a dataset's raw files with polars' streaming engine into the standard frame.
+
+    Columns ``key``, ``ItemId``, ``sort_item``, ``Time``, ``kept`` (see :class:`RawFormat`).
+    ``kept_only`` drops the other event types right away (for protocols that never look at them),
+    which keeps memory low on large files. Raises :class:`RawDataError` naming the file, column
+    and first offending lines for missing files, wrong columns, empty files, unparsable or
+    missing values, broken gzip files and non-UTF-8 bytes.
+    """
+    reader = get_format(fmt, **options)
+    paths = reader.locate(directory, files)
+    with reader.plain_files(paths) as plain:
+        for path, shown in zip(plain, paths, strict=True):
+            reader.header(path, shown_as=shown)
+        lazy = reader.typed(plain)
+        if kept_only:
+            lazy = lazy.filter(pl.col("kept"))
+        try:
+            typed = lazy.collect(engine="streaming")
+        except pl.exceptions.PolarsError as exc:
+            if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
+                reader.explain_encoding(plain, paths)
+            raise RawDataError(f"{fmt}: could not read {[str(p) for p in paths]}: {exc}") from exc
+        if typed.height == 0:
+            raise RawDataError(f"{fmt}: no data rows in {[str(p) for p in paths]}")
+        required = [c.name for c in reader.columns if not c.nullable and c.kind != "event"]
+        if any(typed.get_column(c).null_count() for c in required):
+            reader.explain_nulls(plain, paths)
+    logger.info("%s: read %d raw events from %s", fmt, typed.height, [p.name for p in paths])
+    return reader.standardize(typed)

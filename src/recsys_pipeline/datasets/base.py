@@ -1,0 +1,227 @@
+"""Shared machinery of the raw readers: locating files, header checks, lazy typed scans, errors.
+
+Every raw column is scanned as a string and cast with ``strict=False``; a value that fails its
+cast (or is missing) becomes null, and :meth:`RawFormat.explain_nulls` re-scans the files to name
+the file, the column and the first offending lines. Gzipped files are decompressed in a streaming
+fashion to a temporary sibling file first (polars would otherwise inflate them in memory), which
+also detects truncated archives.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 5
+
+
+class RawDataError(ValueError):
+    """Raw input that cannot be read as the dataset's published format; the message says why."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A raw column the protocol uses: its name in the file and how to type it."""
+
+    name: str
+    kind: str  # "int", "float", "str", "time" (parsed by the format) or "event" (-> ``kept``)
+    nullable: bool = False
+
+
+class RawFormat:
+    """A published raw format: file names, separator, used columns and how to standardise them.
+
+    Subclasses set the class attributes and implement :meth:`typed` and :meth:`standardize`.
+    The standard frame that :meth:`standardize` returns has the columns ``key`` (Int64: the user,
+    visitor or raw session a session is cut from, or the given session id), ``ItemId`` (Int64:
+    the output item id), ``sort_item`` (Int64: the tie-breaker for equal timestamps), ``Time``
+    (Int64 in ``time_unit_seconds``; Float64 for RSC15) and ``kept`` (Boolean: the event is an
+    item view that the protocol keeps).
+    """
+
+    name: str = ""
+    files: tuple[str, ...] = ()
+    separator: str = ","
+    has_header: bool = True
+    header_aliases: dict[str, str] = {}
+    columns: tuple[Column, ...] = ()
+    time_unit_seconds: float = 1.0
+    published_at: str = ""
+    kept_events: tuple[str, ...] = ()  # values of the "event" column that the protocol keeps
+
+    # ---------------------------------------------------------------- locating and checking files
+    def locate(self, directory: str | Path, files: list[str] | None = None) -> list[Path]:
+        """Resolve the raw files (plain or ``.gz``) in ``directory``; raise a helpful error if absent."""
+        directory = Path(directory)
+        found = []
+        for name in files or self.files:
+            candidates = [directory / name, directory / f"{name}.gz"]
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
+                raise RawDataError(
+                    f"{self.name}: raw file not found: {candidates[0]} (or {candidates[1].name}). "
+                    f"Put {', '.join(files or self.files)} in {directory}/ ; the dataset is "
+                    f"published at {self.published_at}"
+                )
+            if path.stat().st_size == 0:
+                raise RawDataError(f"{self.name}: raw file is empty: {path}")
+            found.append(path)
+        return found
+
+    @contextmanager
+    def plain_files(self, paths: list[Path]) -> Iterator[list[Path]]:
+        """Yield plain-text paths: ``.gz`` files are inflated to temporary siblings, then removed."""
+        temps: list[Path] = []
+        try:
+            out = []
+            for path in paths:
+                if path.suffix != ".gz":
+                    out.append(path)
+                    continue
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+                temps.append(Path(tmp))
+                try:
+                    with gzip.open(path, "rb") as src, open(fd, "wb") as dst:
+                        shutil.copyfileobj(src, dst, length=16 << 20)
+                except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+                    raise RawDataError(
+                        f"{self.name}: {path} is not a complete gzip file ({exc}); "
+                        "download it again or decompress it by hand to see where it breaks"
+                    ) from exc
+                out.append(Path(tmp))
+            yield out
+        finally:
+            for tmp in temps:
+                with suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    def header(self, path: Path, shown_as: Path | None = None) -> list[str]:
+        """The file's column names (after aliases), checked against the columns the protocol needs."""
+        shown = shown_as or path
+        with open(path, "rb") as fh:
+            first = fh.readline()
+        if not first.strip():
+            raise RawDataError(f"{self.name}: raw file is empty: {shown}")
+        try:
+            line = first.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise RawDataError(f"{self.name}: {shown} line 1 is not UTF-8: {first[:80]!r}") from exc
+        if not self.has_header:
+            n_fields = len(line.split(self.separator))
+            needed = max(int(c.name.removeprefix("column_")) for c in self.columns)
+            if n_fields < needed:
+                raise RawDataError(
+                    f"{self.name}: {shown} has {n_fields} fields per line, the format needs at "
+                    f"least {needed} (first line: {line[:120]!r})"
+                )
+            return [f"column_{i + 1}" for i in range(n_fields)]
+        names = [self.header_aliases.get(n.strip().strip('"'), n.strip().strip('"'))
+                 for n in line.split(self.separator)]
+        missing = [c.name for c in self.columns if c.name not in names]
+        if missing:
+            raise RawDataError(
+                f"{self.name}: {shown} lacks column(s) {missing}; its header is {names}. "
+                f"Expected a '{self.separator}'-separated file with the columns "
+                f"{[c.name for c in self.columns]} (as published at {self.published_at})"
+            )
+        return names
+
+    # ---------------------------------------------------------------- scanning
+    def scan_strings(self, path: Path) -> pl.LazyFrame:
+        """Lazy scan of one file with every column as a string, renamed to the canonical names."""
+        names = self.header(path)
+        lf = pl.scan_csv(
+            path,
+            separator=self.separator,
+            has_header=self.has_header,
+            infer_schema=False,
+            quote_char='"',
+            new_columns=None if self.has_header else names,
+        )
+        if self.has_header:
+            lf = lf.rename(self.header_aliases, strict=False)
+        return lf.select([c.name for c in self.columns])
+
+    def cast(self, column: Column) -> pl.Expr:
+        """Typed version of a string column; unparsable values become null."""
+        col = pl.col(column.name).str.strip_chars()
+        if column.kind == "int":
+            return col.cast(pl.Int64, strict=False)
+        if column.kind == "float":
+            return col.cast(pl.Float64, strict=False)
+        if column.kind == "time":
+            return self.parse_time(col)
+        return col
+
+    def parse_time(self, col: pl.Expr) -> pl.Expr:  # pragma: no cover - overridden where used
+        """Parse the format's timestamp column to the format's time unit."""
+        raise NotImplementedError
+
+    def typed(self, paths: list[Path]) -> pl.LazyFrame:
+        """All files concatenated in order, used columns typed (nulls where parsing failed).
+
+        An ``event`` column is replaced by the Boolean ``kept`` (its value is a kept event type);
+        formats without one keep every row.
+        """
+        exprs = [self.cast(c).alias(c.name) for c in self.columns if c.kind != "event"]
+        events = [c.name for c in self.columns if c.kind == "event"]
+        kept = (
+            pl.col(events[0]).is_in(list(self.kept_events)).fill_null(False)
+            if events
+            else pl.lit(True)
+        )
+        scans = [self.scan_strings(p).select(*exprs, kept.alias("kept")) for p in paths]
+        return pl.concat(scans, how="vertical")
+
+    def standardize(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Typed raw columns -> the standard frame (see the class docstring)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- errors
+    def explain_nulls(self, paths: list[Path], shown: list[Path]) -> None:
+        """Raise a :class:`RawDataError` naming the file, column and first offending lines."""
+        for path, shown_path in zip(paths, shown, strict=True):
+            raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
+            for column in self.columns:
+                if column.nullable or column.kind == "event":
+                    continue
+                typed = self.cast(column)
+                bad = (
+                    raw.filter(typed.is_null())
+                    .select("line", pl.col(column.name).alias("value"))
+                    .head(MAX_EXAMPLES)
+                    .collect()
+                )
+                if bad.height:
+                    what = "missing" if bad["value"].null_count() == bad.height else "unparsable"
+                    examples = "; ".join(
+                        f"line {r['line']}: {r['value']!r}" for r in bad.iter_rows(named=True)
+                    )
+                    raise RawDataError(
+                        f"{self.name}: {shown_path} column '{column.name}' has {what} values "
+                        f"(expected {column.kind}); first offending rows: {examples}"
+                    )
+
+    def explain_encoding(self, paths: list[Path], shown: list[Path]) -> None:
+        """Raise a :class:`RawDataError` naming the first line that is not valid UTF-8."""
+        for path, shown_path in zip(paths, shown, strict=True):
+            with open(path, "rb") as fh:
+                for number, line in enumerate(fh, start=1):
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise RawDataError(
+                            f"{self.name}: {shown_path} line {number} is not valid UTF-8 "
+                            f"({exc.reason} at byte {exc.start}): {line[:120]!r}"
+                        ) from exc

@@ -1,0 +1,1 @@
+"""Preprocessing template, instantiated per dataset."""

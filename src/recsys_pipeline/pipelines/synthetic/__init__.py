@@ -1,0 +1,1 @@
+"""Generated raw data for the default pipeline."""

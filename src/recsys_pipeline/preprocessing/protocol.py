@@ -1,0 +1,298 @@
+"""The GRU4Rec data protocol as plain functions on polars frames (no Kedro).
+
+Written from ``shared/spec/preprocessing.md`` (the protocol of Hidasi & Czapp, RecSys 2023, and the
+older RSC15 protocol of the Theano GRU4Rec repository). Every function takes and returns a
+``pl.DataFrame``; frames with the output columns ``SessionId``, ``ItemId`` and ``Time`` are called
+*session frames* below. Column dtypes: ``SessionId`` Int64, ``ItemId`` Int64, ``Time`` Int64 (epoch
+seconds or milliseconds, per dataset; Float64 seconds for RSC15).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+SESSION, ITEM, TIME = "SessionId", "ItemId", "Time"
+OUTPUT_COLUMNS = (SESSION, ITEM, TIME)
+DAY_SECONDS = 86_400
+
+
+def first_appearance_index(df: pl.DataFrame, column: str, name: str) -> pl.DataFrame:
+    """Add ``name``: the rank of ``column``'s value in order of first appearance (0, 1, ...).
+
+    Nulls count as one value, as pandas' ``unique()`` does in the reference scripts.
+    """
+    mapping = (
+        df.select(column)
+        .unique(maintain_order=True)
+        .with_row_index(name)
+        .with_columns(pl.col(name).cast(pl.Int64))
+    )
+    return df.join(mapping, on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def gap_sessions(
+    df: pl.DataFrame, key: str, time: str, order: list[str], gap: int | float
+) -> pl.DataFrame:
+    """Cut ``key``'s time-ordered stream into sessions; adds ``SessionId`` (0, 1, ... in sort order).
+
+    Rows are sorted by ``order`` (which starts with ``key`` and ``time``). A new session starts when
+    ``key`` changes or when the gap to the previous row is *strictly* greater than ``gap``.
+    """
+    df = df.sort(order, maintain_order=True)
+    new = (pl.col(key) != pl.col(key).shift(1)) | ((pl.col(time) - pl.col(time).shift(1)) > gap)
+    return df.with_columns(new.fill_null(False).cast(pl.Int64).cum_sum().alias(SESSION))
+
+
+def filter_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Keep the item-view events (``kept``) of a standard frame."""
+    return events.filter(pl.col("kept"))
+
+
+def sessionise(
+    events: pl.DataFrame, mode: str = "gap", gap_on: str = "kept", gap: int | float = 3600
+) -> pl.DataFrame:
+    """Standard frame -> kept events with ``SessionId``, in (SessionId, Time, sort_item) order.
+
+    ``mode="given"``: the key is the session id. ``mode="gap"``: sessions are cut from the key's
+    stream by :func:`gap_sessions`, with the gap measured on the kept events only
+    (``gap_on="kept"``, Rees46) or on all events before the view filter (``gap_on="all"``,
+    Coveo, RetailRocket). Output columns: SessionId, ItemId, Time, sort_item.
+    """
+    if mode not in ("given", "gap") or gap_on not in ("kept", "all"):
+        raise ValueError(f"session mode must be given|gap and gap_on kept|all, got {mode}/{gap_on}")
+    if mode == "given":
+        df = filter_events(events).rename({"key": SESSION})
+    else:
+        df = filter_events(events) if gap_on == "kept" else events
+        df = gap_sessions(df, "key", TIME, ["key", TIME, "sort_item"], gap)
+        df = filter_events(df)
+    return df.select(SESSION, ITEM, TIME, "sort_item").sort(
+        [SESSION, TIME, "sort_item"], maintain_order=True
+    )
+
+
+def remove_consecutive_duplicates(df: pl.DataFrame) -> pl.DataFrame:
+    """Drop a row whose previous row has the same session and the same item (one pass only).
+
+    ``i i j -> i j``; ``i j i`` stays. ``df`` must already be in protocol order.
+    """
+    dup = (pl.col(SESSION) == pl.col(SESSION).shift(1)) & (pl.col(ITEM) == pl.col(ITEM).shift(1))
+    return df.filter(~dup.fill_null(False)).select(OUTPUT_COLUMNS)
+
+
+@dataclass
+class FilterTrace:
+    """Row, session and item counts after every step of the iterative support filter."""
+
+    steps: list[dict] = field(default_factory=list)
+
+    def add(self, step: str, df: pl.DataFrame) -> None:
+        """Record the counts of ``df`` after ``step``."""
+        counts = df.select(
+            pl.len().alias("events"),
+            pl.col(SESSION).n_unique().alias("sessions"),
+            pl.col(ITEM).n_unique().alias("items"),
+        ).row(0, named=True)
+        self.steps.append({"step": step, **counts})
+        logger.info("%-28s %12d events %10d sessions %9d items", step, *list(counts.values()))
+
+
+def iterative_support_filter(
+    df: pl.DataFrame, min_item_support: int = 5, min_session_length: int = 2
+) -> tuple[pl.DataFrame, FilterTrace]:
+    """Repeat (drop sessions of length 1; drop items with < ``min_item_support`` events) until stable.
+
+    The loop ends when one whole pass leaves the row count unchanged, so both conditions hold at
+    exit. Step a removes sessions shorter than ``min_session_length`` (2 in the protocol, i.e.
+    exactly the length-1 sessions). Row order is preserved.
+    """
+    trace = FilterTrace()
+    trace.add("dedup", df)
+    n_pass, previous = 0, -1
+    while df.height != previous:
+        previous = df.height
+        n_pass += 1
+        df = df.filter(pl.len().over(SESSION) >= min_session_length)
+        trace.add(f"pass {n_pass}: session length", df)
+        df = df.filter(pl.len().over(ITEM) >= min_item_support)
+        trace.add(f"pass {n_pass}: item support", df)
+    return df, trace
+
+
+def session_starts(full: pl.DataFrame) -> pl.DataFrame:
+    """First timestamp of every session of the filtered data: columns SessionId, start."""
+    return full.group_by(SESSION).agg(pl.col(TIME).min().alias("start"))
+
+
+def time_split(
+    data: pl.DataFrame, starts: pl.DataFrame, cut: int | float, min_session_length: int = 2
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split ``data`` at ``cut`` by the protocol's rule; returns (train, test).
+
+    ``test`` = every row of ``data`` of the sessions whose start (in ``starts``, taken from the full
+    filtered data) is ``>= cut``; it is neither length- nor item-filtered. ``train`` = rows with
+    ``Time < cut`` (so sessions crossing the cut are truncated), then sessions shorter than
+    ``min_session_length`` dropped.
+    """
+    late = starts.filter(pl.col("start") >= cut).select(SESSION)
+    test = data.join(late, on=SESSION, how="semi", maintain_order="left")
+    train = data.filter(pl.col(TIME) < cut)
+    train = train.filter(pl.len().over(SESSION) >= min_session_length)
+    return train, test
+
+
+@dataclass(frozen=True)
+class SplitPoints:
+    """Where the protocol cut the data: ``tsplit`` and the test/validation cuts, in data units."""
+
+    tsplit: int | float
+    cut_test: int | float
+    cut_valid: int | float
+
+
+def split_points(
+    full: pl.DataFrame, n_test_days: int, time_unit_seconds: float, fixed_tsplit: int | None
+) -> SplitPoints:
+    """``tsplit`` is ``fixed_tsplit`` or the last timestamp; cuts are N and 2N days before it."""
+    tsplit = fixed_tsplit if fixed_tsplit is not None else full.get_column(TIME).max()
+    if tsplit is None:
+        raise ValueError("cannot split an empty dataset: no event survived the filters")
+    day = round(DAY_SECONDS / time_unit_seconds)
+    return SplitPoints(tsplit, tsplit - n_test_days * day, tsplit - 2 * n_test_days * day)
+
+
+def protocol_splits(
+    full: pl.DataFrame, points: SplitPoints, min_session_length: int = 2
+) -> dict[str, pl.DataFrame]:
+    """train_full/test at ``cut_test``, then train_tr/train_valid inside train_full at ``cut_valid``.
+
+    Session starts for both splits come from ``full`` (the reference computes them once).
+    """
+    starts = session_starts(full)
+    train_full, test = time_split(full, starts, points.cut_test, min_session_length)
+    train_tr, train_valid = time_split(train_full, starts, points.cut_valid, min_session_length)
+    return {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
+
+
+# ------------------------------------------------------------------------------------------------
+# The older RSC15 protocol (Theano repository, examples/rsc15/preprocess.py), section 4 of the spec.
+
+
+def rsc15_filter(
+    df: pl.DataFrame, min_item_support: int = 5, min_session_length: int = 2
+) -> tuple[pl.DataFrame, FilterTrace]:
+    """One pass, no dedup: drop length-1 sessions, items with < 5 events, sessions shorter than 2."""
+    trace = FilterTrace()
+    trace.add("raw clicks", df)
+    df = df.filter(pl.len().over(SESSION) > 1)
+    trace.add("session length > 1", df)
+    df = df.filter(pl.len().over(ITEM) >= min_item_support)
+    trace.add("item support", df)
+    df = df.filter(pl.len().over(SESSION) >= min_session_length)
+    trace.add("session length", df)
+    return df, trace
+
+
+def _rsc15_split(data: pl.DataFrame, n_days: int, min_session_length: int):
+    """Sessions ending before ``max - n_days`` are train; the rest, restricted to train items, test."""
+    tmax = data.get_column(TIME).max()
+    cut = tmax - n_days * DAY_SECONDS
+    ends = data.group_by(SESSION).agg(pl.col(TIME).max().alias("end"))
+    early = ends.filter(pl.col("end") < cut).select(SESSION)
+    train = data.join(early, on=SESSION, how="semi", maintain_order="left")
+    test = data.join(early, on=SESSION, how="anti", maintain_order="left")
+    test = test.join(train.select(ITEM).unique(), on=ITEM, how="semi", maintain_order="left")
+    test = test.filter(pl.len().over(SESSION) >= min_session_length)
+    return train, test, cut
+
+
+def rsc15_splits(
+    full: pl.DataFrame, n_test_days: int = 1, min_session_length: int = 2
+) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
+    """train_full/test by session end time, then train_tr/train_valid the same way inside train."""
+    train_full, test, cut_test = _rsc15_split(full, n_test_days, min_session_length)
+    train_tr, train_valid, cut_valid = _rsc15_split(train_full, n_test_days, min_session_length)
+    splits = {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
+    return splits, {"cut_test_end_time": cut_test, "cut_valid_end_time": cut_valid}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def frame_stats(df: pl.DataFrame, time_unit_seconds: float) -> dict:
+    """Events, sessions, items, time range (raw and ISO UTC) and session-length summary."""
+    if df.height == 0:
+        return {"events": 0, "sessions": 0, "items": 0}
+    row = df.select(
+        pl.len().alias("events"),
+        pl.col(SESSION).n_unique().alias("sessions"),
+        pl.col(ITEM).n_unique().alias("items"),
+        pl.col(TIME).min().alias("time_min"),
+        pl.col(TIME).max().alias("time_max"),
+    ).row(0, named=True)
+    lengths = df.group_by(SESSION).len().get_column("len")
+    to_iso = (
+        lambda t: pl.Series([int(t * time_unit_seconds * 1000)])
+        .cast(pl.Datetime("ms", "UTC"))
+        .dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .item()
+    )
+    return {
+        **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+        "start_utc": to_iso(row["time_min"]),
+        "end_utc": to_iso(row["time_max"]),
+        "days": (row["time_max"] - row["time_min"]) * time_unit_seconds / DAY_SECONDS,
+        "session_length_min": int(lengths.min()),
+        "session_length_max": int(lengths.max()),
+        "session_length_mean": float(lengths.mean()),
+        "targets": int(row["events"] - row["sessions"]),
+    }
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Per-dataset protocol settings (``conf/base/parameters_preprocess.yml``)."""
+
+    protocol: str = "hidasi2023"  # or "rsc15" (the older Theano-repository protocol)
+    session_mode: str = "given"  # given | gap
+    gap_on: str = "kept"  # kept | all
+    gap: int | float = 3600  # in time units; strictly greater starts a new session
+    time_unit_seconds: float = 1.0
+    n_test_days: int = 1
+    fixed_tsplit: int | None = None
+    min_item_support: int = 5
+    min_session_length: int = 2
+
+
+@dataclass
+class ProtocolResult:
+    """Everything the protocol produces for one dataset."""
+
+    full: pl.DataFrame
+    splits: dict[str, pl.DataFrame]
+    trace: FilterTrace
+    cuts: dict[str, float]
+
+
+def run_protocol(events: pl.DataFrame, config: ProtocolConfig) -> ProtocolResult:
+    """Standard frame (``datasets.read_events``) -> full data, the four splits and the trace.
+
+    The same steps the Kedro nodes run one by one, chained for scripts and benchmarks.
+    """
+    if config.protocol == "rsc15":
+        clicks = events.rename({"key": SESSION}).select(OUTPUT_COLUMNS)
+        full, trace = rsc15_filter(clicks, config.min_item_support, config.min_session_length)
+        splits, cuts = rsc15_splits(full, config.n_test_days, config.min_session_length)
+        return ProtocolResult(full, splits, trace, cuts)
+    df = sessionise(events, config.session_mode, config.gap_on, config.gap)
+    df = remove_consecutive_duplicates(df)
+    full, trace = iterative_support_filter(df, config.min_item_support, config.min_session_length)
+    points = split_points(full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit)
+    splits = protocol_splits(full, points, config.min_session_length)
+    cuts = {"tsplit": points.tsplit, "cut_test": points.cut_test, "cut_valid": points.cut_valid}
+    return ProtocolResult(full, splits, trace, cuts)
