@@ -50,8 +50,9 @@ def read_events(
     """Read a dataset's raw files with polars' streaming engine into the standard frame.
 
     Columns ``key``, ``ItemId``, ``sort_item``, ``Time``, ``kept`` (see :class:`RawFormat`).
-    ``kept_only`` drops the other event types right away (for protocols that never look at them),
-    which keeps memory low on large files. Raises :class:`RawDataError` naming the file, column
+    ``kept_only`` drops the other event types (for protocols that never look at them): while
+    reading where the format allows it, which keeps memory low, else after ranking ids over all
+    rows (Rees46, Coveo rank ids in order of first appearance over every event type). Raises :class:`RawDataError` naming the file, column
     and first offending lines for missing files, wrong columns, empty files, unparsable or
     missing values, broken gzip files and non-UTF-8 bytes.
     """
@@ -61,7 +62,7 @@ def read_events(
         for path, shown in zip(plain, paths, strict=True):
             reader.header(path, shown_as=shown)
         lazy = reader.typed(plain)
-        if kept_only:
+        if kept_only and not reader.needs_all_rows:
             lazy = lazy.filter(pl.col("kept"))
         try:
             typed = lazy.collect(engine="streaming")
@@ -75,4 +76,5 @@ def read_events(
         if any(typed.get_column(c).null_count() for c in required):
             reader.explain_nulls(plain, paths)
     logger.info("%s: read %d raw events from %s", fmt, typed.height, [p.name for p in paths])
-    return reader.standardize(typed)
+    events = reader.standardize(typed)
+    return events.filter(pl.col("kept")) if kept_only else events

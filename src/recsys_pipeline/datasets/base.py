@@ -59,6 +59,8 @@ class RawFormat:
     time_unit_seconds: float = 1.0
     published_at: str = ""
     kept_events: tuple[str, ...] = ()  # values of the "event" column that the protocol keeps
+    # True where standardize() looks across rows of every event type (first-appearance ranks)
+    needs_all_rows: bool = False
 
     # ---------------------------------------------------------------- locating and checking files
     def locate(self, directory: str | Path, files: list[str] | None = None) -> list[Path]:

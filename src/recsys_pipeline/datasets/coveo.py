@@ -24,6 +24,7 @@ class Coveo(RawFormat):
         Column("server_timestamp_epoch_ms", "int"),
     )
     kept_events = ("detail",)
+    needs_all_rows = True
     time_unit_seconds = 0.001
     published_at = "https://github.com/coveooss/shopper-intent-prediction-nature-2020"
 

@@ -25,6 +25,7 @@ class Rees46(RawFormat):
     )
     kept_events = ("view",)
     time_unit_seconds = 1.0
+    needs_all_rows = True
     published_at = (
         "https://www.kaggle.com/datasets/mkechinov/ecommerce-behavior-data-from-multi-category-store"
     )
