@@ -82,8 +82,9 @@ def test_rees46_head_sessionisation_matches_hand_checked_counts():
     assert P.remove_consecutive_duplicates(sessions).height == 764
 
 
-@pytest.mark.parametrize("folder,name", [("rees46", "2019-Oct-sample.csv"),
-                                         ("rees46_oct_head17k", "2019-Oct-head.csv")])
+@pytest.mark.parametrize(
+    "folder,name", [("rees46", "2019-Oct-sample.csv"), ("rees46_oct_head17k", "2019-Oct-head.csv")]
+)
 def test_rees46_sessionisation_agrees_with_an_independent_implementation(folder, name):
     path = real(folder, name)
     events = read_events("rees46", path.parent, [path.name], kept_only=True)

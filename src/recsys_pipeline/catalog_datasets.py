@@ -121,9 +121,11 @@ class AtomicJSONDataset(JSONDataset):
         _atomic_write(
             self._fs,
             path,
-            lambda h: h.write(json.dumps(data, **self._save_args).encode("utf-8"))
-            if "b" in args["mode"]
-            else json.dump(data, h, **self._save_args),
+            lambda h: (
+                h.write(json.dumps(data, **self._save_args).encode("utf-8"))
+                if "b" in args["mode"]
+                else json.dump(data, h, **self._save_args)
+            ),
             args,
         )
         self._invalidate_cache()

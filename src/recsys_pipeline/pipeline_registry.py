@@ -1,21 +1,19 @@
-"""Project pipelines: the names users type."""
+"""Project pipelines: the names users type.
+
+``find_pipelines`` discovers ``pipelines/<name>/``: ``synthetic``, ``preprocess`` (every public
+dataset at once) and ``preprocess_<dataset>`` (the template bound to one dataset). Kedro 1.7
+imports only the requested pipeline modules, so the default is assembled only when all are loaded.
+"""
 
 from __future__ import annotations
 
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-from recsys_pipeline.pipelines.preprocess.pipeline import DATASETS, for_dataset
-
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """``preprocess_<dataset>`` per public dataset, ``synthetic``, and the default main job.
-
-    ``__default__`` (plain ``kedro run``): synthetic raw data -> preprocess -> validate -> report.
-    """
+    """Discovered pipelines plus ``__default__``: synthetic data -> preprocess -> validate -> report."""
     pipelines = find_pipelines(raise_errors=True)
-    for name in DATASETS:
-        pipelines[f"preprocess_{name}"] = for_dataset(name)
-    pipelines["preprocess_synthetic"] = for_dataset("synthetic")
-    pipelines["__default__"] = pipelines["synthetic"] + pipelines["preprocess_synthetic"]
+    if {"synthetic", "preprocess_synthetic"} <= pipelines.keys():
+        pipelines["__default__"] = pipelines["synthetic"] + pipelines["preprocess_synthetic"]
     return pipelines

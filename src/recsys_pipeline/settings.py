@@ -1,11 +1,15 @@
 """Project settings (Kedro defaults plus the OmegaConfigLoader environments)."""
 
 import os
+import warnings
 
 from kedro.config import OmegaConfigLoader
 
 # Great Expectations: no analytics, even though 1.x ships no client.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Third-party deprecation noise on every run (omegaconf 2.4 via kedro and kedro-mlflow; mlflow).
+warnings.filterwarnings("ignore", message=r".*register_new_resolver\(\) is deprecated.*")
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -11,7 +11,9 @@ import pytest
 from recsys_pipeline.datasets import RawDataError, read_events
 from recsys_pipeline.preprocessing import ProtocolConfig, run_protocol
 
-REES46_HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+REES46_HEADER = (
+    "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -38,7 +40,9 @@ def test_diginetica_anchors_every_event_on_the_session_first_date(tmp_path):
 
 
 def test_diginetica_accepts_the_sample_header_spelling(tmp_path):
-    write(tmp_path / "x.csv", "session_id;user_id;item_id;timeframe;eventdate\n1;NA;10;5;2016-01-01\n")
+    write(
+        tmp_path / "x.csv", "session_id;user_id;item_id;timeframe;eventdate\n1;NA;10;5;2016-01-01\n"
+    )
     assert read_events("diginetica", tmp_path, ["x.csv"])["ItemId"].to_list() == [10]
 
 
@@ -72,7 +76,10 @@ def test_rees46_first_appearance_ranks_and_user_sessions(tmp_path):
         )
         + "\n",
     )
-    write(tmp_path / "2019-Nov.csv", REES46_HEADER + "\n" + rees46_line("00:00:02", "view", 900, 3) + "\n")
+    write(
+        tmp_path / "2019-Nov.csv",
+        REES46_HEADER + "\n" + rees46_line("00:00:02", "view", 900, 3) + "\n",
+    )
     ev = read_events("rees46", tmp_path, kept_only=True)
     from recsys_pipeline.preprocessing.protocol import sessionise
 
@@ -93,8 +100,9 @@ def test_coveo_gap_on_all_events_and_hash_ranks(tmp_path):
     ]
     write(tmp_path / "release_10_23_2020.csv", h + "\n".join(rows) + "\n")
     ev = read_events("coveo", tmp_path)
-    cfg = ProtocolConfig(session_mode="gap", gap_on="all", gap=3_600_000, time_unit_seconds=0.001,
-                         min_item_support=1)
+    cfg = ProtocolConfig(
+        session_mode="gap", gap_on="all", gap=3_600_000, time_unit_seconds=0.001, min_item_support=1
+    )
     from recsys_pipeline.preprocessing.protocol import sessionise
 
     s = sessionise(ev, cfg.session_mode, cfg.gap_on, cfg.gap)
@@ -127,7 +135,10 @@ def test_missing_column_is_named(tmp_path):
 
 
 def test_wrong_separator_is_reported_as_missing_columns(tmp_path):
-    write(tmp_path / "train-item-views.csv", "sessionId,userId,itemId,timeframe,eventdate\n1,,2,3,2016-01-01\n")
+    write(
+        tmp_path / "train-item-views.csv",
+        "sessionId,userId,itemId,timeframe,eventdate\n1,,2,3,2016-01-01\n",
+    )
     with pytest.raises(RawDataError, match="lacks column"):
         read_events("diginetica", tmp_path)
 
@@ -150,7 +161,9 @@ def test_unparsable_timestamp_names_file_column_and_line(tmp_path):
     with pytest.raises(RawDataError) as err:
         read_events("rees46", tmp_path)
     msg = str(err.value)
-    assert "2019-Oct.csv" in msg and "'event_time'" in msg and "line 3" in msg and "yesterday" in msg
+    assert (
+        "2019-Oct.csv" in msg and "'event_time'" in msg and "line 3" in msg and "yesterday" in msg
+    )
 
 
 def test_null_ids_name_the_first_offending_rows(tmp_path):
@@ -165,7 +178,9 @@ def test_null_ids_name_the_first_offending_rows(tmp_path):
 
 
 def test_truncated_gzip(tmp_path):
-    blob = gzip.compress(("timestamp,visitorid,event,itemid,transactionid\n" + "1,1,view,5,\n" * 5000).encode())
+    blob = gzip.compress(
+        ("timestamp,visitorid,event,itemid,transactionid\n" + "1,1,view,5,\n" * 5000).encode()
+    )
     write(tmp_path / "events.csv.gz", blob[: len(blob) // 2])
     with pytest.raises(RawDataError, match="not a complete gzip file") as err:
         read_events("retailrocket", tmp_path)
@@ -189,5 +204,13 @@ def test_run_protocol_on_empty_result_says_so(tmp_path):
     write(tmp_path / "events.csv", "timestamp,visitorid,event,itemid,transactionid\n1,1,view,5,\n")
     ev = read_events("retailrocket", tmp_path)
     with pytest.raises(ValueError, match="no event survived"):
-        run_protocol(ev, ProtocolConfig(session_mode="gap", gap_on="all", gap=3_600_000,
-                                        time_unit_seconds=0.001, n_test_days=7))
+        run_protocol(
+            ev,
+            ProtocolConfig(
+                session_mode="gap",
+                gap_on="all",
+                gap=3_600_000,
+                time_unit_seconds=0.001,
+                n_test_days=7,
+            ),
+        )

@@ -27,7 +27,12 @@ def rows(df: pl.DataFrame) -> list[tuple]:
 
 def test_dedup_drops_immediate_repeats_only_and_keeps_i_j_i():
     df = frame([(1, 10, 1), (1, 10, 2), (1, 20, 3), (1, 10, 4), (2, 10, 5), (2, 10, 6)])
-    assert rows(P.remove_consecutive_duplicates(df)) == [(1, 10, 1), (1, 20, 3), (1, 10, 4), (2, 10, 5)]
+    assert rows(P.remove_consecutive_duplicates(df)) == [
+        (1, 10, 1),
+        (1, 20, 3),
+        (1, 10, 4),
+        (2, 10, 5),
+    ]
 
 
 def test_dedup_does_not_merge_across_sessions():
@@ -56,8 +61,10 @@ def test_iterative_filter_keeps_adjacent_repeats_after_middle_removed():
     # session 1: a b a ; item b is rare -> removed -> a a stays (no second dedup pass)
     data = [(1, 1, 1), (1, 99, 2), (1, 1, 3)] + [(s, 1, 10 + s) for s in range(2, 4)]
     data += [(s, 1, 20 + s) for s in range(2, 4)]
-    df = P.sort_by_protocol(frame(data)) if hasattr(P, "sort_by_protocol") else frame(data).sort(
-        ["SessionId", "Time"]
+    df = (
+        P.sort_by_protocol(frame(data))
+        if hasattr(P, "sort_by_protocol")
+        else frame(data).sort(["SessionId", "Time"])
     )
     full, _ = P.iterative_support_filter(df, min_item_support=5)
     assert rows(full.filter(pl.col("SessionId") == 1)) == [(1, 1, 1), (1, 1, 3)]
@@ -88,7 +95,13 @@ def test_sessionise_sorts_by_session_time_then_tiebreak_item():
 def test_tie_break_uses_sort_item_not_item_id():
     # Rees46: ties of equal timestamps are broken by first-appearance rank, not by product_id
     ev = pl.DataFrame(
-        {"key": [0, 0], "ItemId": [500, 100], "sort_item": [0, 1], "Time": [9, 9], "kept": [True, True]}
+        {
+            "key": [0, 0],
+            "ItemId": [500, 100],
+            "sort_item": [0, 1],
+            "Time": [9, 9],
+            "kept": [True, True],
+        }
     )
     assert P.sessionise(ev, mode="gap")["ItemId"].to_list() == [500, 100]
 
@@ -102,10 +115,16 @@ def test_time_split_start_rule_is_inclusive_and_crossing_sessions_are_truncated(
     cut = 100
     full = frame(
         [
-            (1, 1, 10), (1, 2, 20),  # before the cut: train
-            (2, 1, 90), (2, 2, 99), (2, 3, 100), (2, 4, 120),  # crosses: 90, 99 in train; rest nowhere
-            (3, 1, 100), (3, 2, 110),  # starts exactly at the cut: test
-            (4, 1, 95), (4, 2, 130),  # crosses with one early event: dropped from train (length 1)
+            (1, 1, 10),
+            (1, 2, 20),  # before the cut: train
+            (2, 1, 90),
+            (2, 2, 99),
+            (2, 3, 100),
+            (2, 4, 120),  # crosses: 90, 99 in train; rest nowhere
+            (3, 1, 100),
+            (3, 2, 110),  # starts exactly at the cut: test
+            (4, 1, 95),
+            (4, 2, 130),  # crosses with one early event: dropped from train (length 1)
         ]
     )
     train, test = P.time_split(full, P.session_starts(full), cut)
@@ -123,10 +142,14 @@ def test_protocol_splits_use_2n_days_and_starts_from_full():
     day = P.DAY_SECONDS
     full = frame(
         [
-            (1, 1, 0), (1, 2, 10),
-            (2, 1, 8 * day), (2, 2, 8 * day + 5),  # valid window [8d, 9d)
-            (3, 1, 9 * day + 1), (3, 2, 9 * day + 2),  # test window [9d, 10d]
-            (4, 1, 10 * day), (4, 2, 10 * day),  # last timestamp = tsplit
+            (1, 1, 0),
+            (1, 2, 10),
+            (2, 1, 8 * day),
+            (2, 2, 8 * day + 5),  # valid window [8d, 9d)
+            (3, 1, 9 * day + 1),
+            (3, 2, 9 * day + 2),  # test window [9d, 10d]
+            (4, 1, 10 * day),
+            (4, 2, 10 * day),  # last timestamp = tsplit
         ]
     )
     points = P.split_points(full, n_test_days=1, time_unit_seconds=1, fixed_tsplit=None)
@@ -149,9 +172,12 @@ def test_rsc15_protocol_splits_by_session_end_and_filters_test_items():
     day = P.DAY_SECONDS
     data = frame(
         [
-            (1, 1, 0.0), (1, 2, 5.0),
-            (2, 1, 2 * day - 10.0), (2, 3, 2 * day + 10.0),  # ends after max-1d -> test
-            (3, 1, 3 * day - 1.0), (3, 2, 3 * day),  # test
+            (1, 1, 0.0),
+            (1, 2, 5.0),
+            (2, 1, 2 * day - 10.0),
+            (2, 3, 2 * day + 10.0),  # ends after max-1d -> test
+            (3, 1, 3 * day - 1.0),
+            (3, 2, 3 * day),  # test
         ]
     )
     splits, cuts = P.rsc15_splits(data, n_test_days=1)

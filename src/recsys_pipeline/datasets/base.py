@@ -128,8 +128,10 @@ class RawFormat:
                     f"least {needed} (first line: {line[:120]!r})"
                 )
             return [f"column_{i + 1}" for i in range(n_fields)]
-        names = [self.header_aliases.get(n.strip().strip('"'), n.strip().strip('"'))
-                 for n in line.split(self.separator)]
+        names = [
+            self.header_aliases.get(n.strip().strip('"'), n.strip().strip('"'))
+            for n in line.split(self.separator)
+        ]
         missing = [c.name for c in self.columns if c.name not in names]
         if missing:
             raise RawDataError(

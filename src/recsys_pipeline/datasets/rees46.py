@@ -26,9 +26,7 @@ class Rees46(RawFormat):
     kept_events = ("view",)
     time_unit_seconds = 1.0
     needs_all_rows = True
-    published_at = (
-        "https://www.kaggle.com/datasets/mkechinov/ecommerce-behavior-data-from-multi-category-store"
-    )
+    published_at = "https://www.kaggle.com/datasets/mkechinov/ecommerce-behavior-data-from-multi-category-store"
 
     def parse_time(self, col: pl.Expr) -> pl.Expr:
         """``2019-10-01 00:00:00 UTC`` -> epoch seconds."""

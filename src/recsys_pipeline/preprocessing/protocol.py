@@ -176,7 +176,12 @@ def protocol_splits(
     starts = session_starts(full)
     train_full, test = time_split(full, starts, points.cut_test, min_session_length)
     train_tr, train_valid = time_split(train_full, starts, points.cut_valid, min_session_length)
-    return {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
+    return {
+        "train_full": train_full,
+        "test": test,
+        "train_tr": train_tr,
+        "train_valid": train_valid,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,11 +222,26 @@ def rsc15_splits(
     """train_full/test by session end time, then train_tr/train_valid the same way inside train."""
     train_full, test, cut_test = _rsc15_split(full, n_test_days, min_session_length)
     train_tr, train_valid, cut_valid = _rsc15_split(train_full, n_test_days, min_session_length)
-    splits = {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
+    splits = {
+        "train_full": train_full,
+        "test": test,
+        "train_tr": train_tr,
+        "train_valid": train_valid,
+    }
     return splits, {"cut_test_end_time": cut_test, "cut_valid_end_time": cut_valid}
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def iso_utc(time: float, time_unit_seconds: float) -> str:
+    """A timestamp in the dataset's unit as ISO 8601 UTC with milliseconds."""
+    return (
+        pl.Series([int(time * time_unit_seconds * 1000)])
+        .cast(pl.Datetime("ms", "UTC"))
+        .dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .item()
+    )
 
 
 def frame_stats(df: pl.DataFrame, time_unit_seconds: float) -> dict:
@@ -236,16 +256,10 @@ def frame_stats(df: pl.DataFrame, time_unit_seconds: float) -> dict:
         pl.col(TIME).max().alias("time_max"),
     ).row(0, named=True)
     lengths = df.group_by(SESSION).len().get_column("len")
-    to_iso = (
-        lambda t: pl.Series([int(t * time_unit_seconds * 1000)])
-        .cast(pl.Datetime("ms", "UTC"))
-        .dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .item()
-    )
     return {
         **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-        "start_utc": to_iso(row["time_min"]),
-        "end_utc": to_iso(row["time_max"]),
+        "start_utc": iso_utc(row["time_min"], time_unit_seconds),
+        "end_utc": iso_utc(row["time_max"], time_unit_seconds),
         "days": (row["time_max"] - row["time_min"]) * time_unit_seconds / DAY_SECONDS,
         "session_length_min": int(lengths.min()),
         "session_length_max": int(lengths.max()),

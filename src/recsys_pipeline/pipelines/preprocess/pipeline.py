@@ -20,20 +20,48 @@ def template() -> Pipeline:
     return Pipeline(
         [
             Node(nodes.ingest, ["raw", "params:preprocess"], "events", name="ingest"),
-            Node(nodes.check_raw_schema, ["events", "params:preprocess"], "raw_validation",
-                 name="check_raw_schema"),
-            Node(nodes.sessionise, ["events", "params:preprocess", "raw_validation"], "sessions",
-                 name="sessionise"),
-            Node(nodes.remove_duplicates, ["sessions", "params:preprocess"], "deduplicated",
-                 name="remove_duplicates"),
-            Node(nodes.support_filter, ["deduplicated", "params:preprocess"],
-                 ["unvalidated_full", "filter_trace"], name="support_filter"),
-            Node(nodes.split, ["unvalidated_full", "params:preprocess"],
-                 ["unvalidated_splits", "cuts"], name="split"),
-            Node(nodes.validate, ["unvalidated_full", "unvalidated_splits", "cuts", "params:preprocess"],
-                 [*SPLITS, "validation_report"], name="validate"),
-            Node(nodes.compute_stats, [*SPLITS, "filter_trace", "cuts", "params:preprocess"],
-                 "stats", name="compute_stats"),
+            Node(
+                nodes.check_raw_schema,
+                ["events", "params:preprocess"],
+                "raw_validation",
+                name="check_raw_schema",
+            ),
+            Node(
+                nodes.sessionise,
+                ["events", "params:preprocess", "raw_validation"],
+                "sessions",
+                name="sessionise",
+            ),
+            Node(
+                nodes.remove_duplicates,
+                ["sessions", "params:preprocess"],
+                "deduplicated",
+                name="remove_duplicates",
+            ),
+            Node(
+                nodes.support_filter,
+                ["deduplicated", "params:preprocess"],
+                ["unvalidated_full", "filter_trace"],
+                name="support_filter",
+            ),
+            Node(
+                nodes.split,
+                ["unvalidated_full", "params:preprocess"],
+                ["unvalidated_splits", "cuts"],
+                name="split",
+            ),
+            Node(
+                nodes.validate,
+                ["unvalidated_full", "unvalidated_splits", "cuts", "params:preprocess"],
+                [*SPLITS, "validation_report"],
+                name="validate",
+            ),
+            Node(
+                nodes.compute_stats,
+                [*SPLITS, "filter_trace", "cuts", "params:preprocess"],
+                "stats",
+                name="compute_stats",
+            ),
             Node(nodes.export_tsv, list(SPLITS), [f"{s}_tsv" for s in SPLITS], name="export_tsv"),
         ]
     )

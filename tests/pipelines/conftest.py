@@ -1,0 +1,52 @@
+"""A scratch copy of the project (conf, pyproject) so pipeline tests write only under tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _end_mlflow_runs() -> None:
+    """A run that failed in this process leaves its MLflow run active: close it."""
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status="FAILED")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Iterator[Path]:
+    """tmp_path laid out as the project: conf/, pyproject.toml, empty src/ and data/ layers."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    bootstrap_project(tmp_path)
+    _end_mlflow_runs()
+    yield tmp_path
+    _end_mlflow_runs()
+
+
+def run(project: Path, pipeline: str, **kwargs) -> None:
+    """``kedro run --pipelines=<pipeline>`` through a KedroSession."""
+    try:
+        with KedroSession.create(project_path=project, **kwargs.pop("session", {})) as session:
+            session.run(pipeline_names=[pipeline], **kwargs)
+    finally:  # kedro-mlflow leaves the run open inside one process (a CLI run exits)
+        _end_mlflow_runs()
+
+
+def catalog(project: Path):
+    """The project's catalog as a new session sees it."""
+    with KedroSession.create(project_path=project) as session:
+        return session.load_context().catalog
