@@ -92,3 +92,22 @@ def test_rees46_sessionisation_agrees_with_an_independent_implementation(folder,
     expected = _python_sessions(path)
     assert ours["SessionId"].n_unique() == len(expected)
     assert sorted(ours.group_by("SessionId").len()["len"].to_list()) == sorted(map(len, expected))
+
+
+def test_diginetica_sample_with_item_support_2_matches_the_reference_split():
+    """Issue 3's reproduction split: support >= 2, 7 + 7 days (numbers measured by the reference)."""
+    path = real("diginetica", "sample_train-item-views.csv")
+    events = read_events("diginetica", path.parent, [path.name])
+    config = ProtocolConfig(
+        session_mode="given", time_unit_seconds=0.001, n_test_days=7, min_item_support=2
+    )
+    splits = run_protocol(events, config).splits
+    train = splits["train_full"]
+    assert (train.height, train["SessionId"].n_unique(), train["ItemId"].n_unique()) == (
+        4454,
+        1031,
+        1590,
+    )
+    test = splits["test"].join(train.select("ItemId").unique(), on="ItemId", how="semi")
+    lengths = test.group_by("SessionId").len()["len"]
+    assert int((lengths.filter(lengths >= 2) - 1).sum()) == 234

@@ -25,7 +25,7 @@ Structure of the data
   repeats come from the popularity component.
 * **Users** (log-normal activity) own several sessions that never overlap in time. Most
   consecutive sessions of a user are more than one hour apart; about 15 % follow the previous
-  one after 2 to 55 minutes ("bursts"). Session starts are uniform over the window, so some
+  one after 3 to 56 minutes ("bursts"). Session starts are uniform over the window, so some
   sessions cross midnight.
 * **Other events** (``cart``, ``remove_from_cart``, ``purchase``) are mixed in: each view spawns
   ``Poisson(other_event_rate / (1 - other_event_rate))`` events on the same item, placed after
@@ -51,6 +51,21 @@ coveo          ``product_skus_hash = hex_hash(i, COVEO_SKU_SALT)`` (64 lowercase
 
 :func:`raw_item_ids` returns this mapping as an array indexed by ``i``; :class:`GroundTruth`
 also carries it (``item_ids``) and maps back with :meth:`GroundTruth.index_of`.
+
+Per format (canonical ``user`` ``u``, ``session`` ``s``)
+------------------------------------------------------
+* rees46: all four event kinds; ``user_id = 500_000_000 + u``; ``user_session`` = UUID-like
+  hash of ``s``; rows sorted by time, one file per UTC month.
+* yoochoose / rsc15 (identical files): clicks = views, ``session = s + 1``; about 10 % of the
+  sessions go to the test file; buys = purchases of clicks sessions; carts/removals dropped.
+* coveo: view -> ``pageview``/``detail``, cart -> ``event``/``add``, removal ->
+  ``event``/``remove``, purchase -> ``event``/``purchase``; plus a product-less page view after
+  about 12 % of views and a search ``click`` on the same sku just before about 4 % of views.
+  About 10 % of a user's sessions reuse the hash of the user's previous session.
+* retailrocket: ``visitorid = u``; view / addtocart / transaction (removals dropped);
+  ``transactionid`` = 1 + rank of the session among the sessions with a purchase.
+* diginetica: views only; ``sessionId = s + 1``; ``userId = u + 1`` for about 15 % of the users
+  (logged in), ``NA`` otherwise.
 """
 
 from __future__ import annotations
@@ -457,11 +472,6 @@ class _Categorical:
         return lo.reshape(shape)
 
 
-def _group_starts(offsets: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
-    """Per event: the flat index of its session's first event."""
-    return np.repeat(offsets, lengths) if total else np.zeros(0, dtype=np.int64)
-
-
 # ------------------------------------------------------------------------------ simulation
 
 
@@ -622,13 +632,15 @@ def _simulate(config: SyntheticConfig, window: tuple[int, int]) -> pl.DataFrame:
     lengths = lengths0[kept]
     offsets = np.cumsum(lengths) - lengths
     n_views = int(lengths.sum())
-    gather = np.repeat(offsets0[kept] - offsets, lengths) + np.arange(n_views)
-    dwell = dwell0[gather]
+    gather = np.repeat(offsets0[kept] - offsets, lengths)
+    gather += np.arange(n_views, dtype=np.int64)
+    ts = dwell0[gather]  # dwells in the final session order ...
     del dwell0, gather
-    cum = np.cumsum(dwell)
-    first_of = _group_starts(offsets, lengths, n_views)
-    ts = np.repeat(start, lengths) + cum - cum[first_of]
-    del cum, first_of
+    # ... turned in place into timestamps: a running sum whose first entry in each session
+    # jumps from the previous session's last view to this session's start
+    session_end = start + durations[kept]
+    ts[offsets] = start - np.concatenate((np.zeros(1, dtype=np.int64), session_end[:-1]))
+    np.cumsum(ts, out=ts)
     items = _draw_items(
         config, lengths, offsets, popularity=popularity, successors=successors, probs=probs
     )
@@ -638,10 +650,12 @@ def _simulate(config: SyntheticConfig, window: tuple[int, int]) -> pl.DataFrame:
     lam = config.other_event_rate / (1.0 - config.other_event_rate)
     counts = o_rng.poisson(lam, n_views) if lam > 0 else np.zeros(n_views, dtype=np.int64)
     src = np.repeat(np.arange(n_views, dtype=np.int64), counts)
-    next_gap = np.empty(n_views, dtype=np.int64)
-    next_gap[:-1] = dwell[1:]
-    next_gap[offsets + lengths - 1] = _OTHER_SLACK_MS
-    limit = np.minimum(next_gap[src], _OTHER_SLACK_MS)
+    last_view = np.zeros(n_views, dtype=bool)
+    last_view[offsets + lengths - 1] = True
+    following = np.minimum(src + 1, n_views - 1)
+    limit = np.where(
+        last_view[src], _OTHER_SLACK_MS, np.minimum(ts[following] - ts[src], _OTHER_SLACK_MS)
+    )
     delta = np.floor(o_rng.random(src.size) * limit).astype(np.int64)
     kinds = 1 + _Categorical(_OTHER_KIND_WEIGHTS).draw(o_rng, src.size)
     within = np.argsort(src * (_OTHER_SLACK_MS + 1) + delta, kind="stable")

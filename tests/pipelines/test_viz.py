@@ -40,3 +40,52 @@ def test_viz_build_contains_every_pipeline(project: Path):
     assert {"rees46.raw", "rees46.train_full", "rees46.test_tsv"} <= {
         n["name"] for n in rees46["nodes"]
     }
+
+
+def _free_port() -> int:
+    """A free loopback port below 49152 (kedro-viz refuses the ephemeral range)."""
+    import random
+    import socket
+
+    for port in random.Random(os.getpid()).sample(range(20000, 49000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+@pytest.mark.slow
+def test_viz_serves_the_graph_on_loopback(project: Path):
+    import signal
+    import time
+    import urllib.request
+
+    kedro = Path(sys.executable).with_name("kedro")
+    port = _free_port()
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    cmd = [str(kedro), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+    # uvicorn runs in a child process: start a new process group and stop the whole group
+    server = subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        stdout=(project / "viz.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, body = time.monotonic() + 90, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/main", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "kedro viz did not answer within 90 s"
+        assert "preprocess_rees46" in {p["id"] for p in body["pipelines"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
