@@ -52,8 +52,9 @@ def test_filter_needs_several_passes():
             t += 1
     full, trace = P.iterative_support_filter(frame(data))
     passes = [s["step"] for s in trace.steps]
-    assert passes[-1] == "pass 3: item support" and len(passes) == 7
-    assert [s["events"] for s in trace.steps] == [27, 26, 22, 18, 10, 10, 10]
+    assert passes[-2:] == ["pass 3: item support", "full"] and len(passes) == 8
+    assert [s["events"] for s in trace.steps] == [27, 26, 22, 18, 10, 10, 10, 10]
+    assert (trace.steps[0]["sessions"], trace.steps[-1]["sessions"]) == (14, 5)
     assert set(full["ItemId"]) == {3, 4} and full["SessionId"].n_unique() == 5
 
 
@@ -108,7 +109,10 @@ def test_tie_break_uses_sort_item_not_item_id():
 
 def test_first_appearance_index_counts_null_as_a_value():
     df = pl.DataFrame({"h": ["b", None, "a", "b", None]})
-    assert P.first_appearance_index(df, "h", "idx")["idx"].to_list() == [0, 1, 2, 0, 1]
+    out = P.first_appearance_index(df, {"h": "idx"}).collect()
+    assert sorted(out.iter_rows(), key=lambda r: r[1]) == [
+        ("b", 0), ("b", 0), (None, 1), (None, 1), ("a", 2)
+    ]
 
 
 def test_time_split_start_rule_is_inclusive_and_crossing_sessions_are_truncated():
@@ -127,14 +131,14 @@ def test_time_split_start_rule_is_inclusive_and_crossing_sessions_are_truncated(
             (4, 2, 130),  # crosses with one early event: dropped from train (length 1)
         ]
     )
-    train, test = P.time_split(full, P.session_starts(full), cut)
+    train, test = P.time_split(full, cut)
     assert rows(train) == [(1, 1, 10), (1, 2, 20), (2, 1, 90), (2, 2, 99)]
     assert rows(test) == [(3, 1, 100), (3, 2, 110)]
 
 
 def test_test_is_not_filtered_for_length_or_unknown_items():
     full = frame([(1, 1, 1), (1, 2, 2), (2, 3, 200)])  # session 2: one event of an unseen item
-    train, test = P.time_split(full, P.session_starts(full), 100)
+    train, test = P.time_split(full, 100)
     assert rows(test) == [(2, 3, 200)]
 
 
@@ -205,3 +209,26 @@ def test_frame_stats(unit, expected_days):
     assert (s["events"], s["sessions"], s["items"], s["targets"]) == (4, 2, 3, 2)
     assert s["days"] == pytest.approx(expected_days)
     assert s["start_utc"] == "1970-01-01T00:00:00.000Z"
+
+
+def test_first_appearance_ranks_all_come_from_the_original_row_order():
+    # a second rank computed after the first join would see the join's row order instead
+    n = 20_000
+    df = pl.DataFrame({"u": [i % 997 for i in range(n)], "p": [(i * 7919) % 1013 for i in range(n)]})
+    out = P.first_appearance_index(df, {"u": "ku", "p": "kp"}).collect()
+    expected = {v: r for r, v in enumerate(df["p"].unique(maintain_order=True))}
+    assert all(expected[p] == kp for p, kp in out.select("p", "kp").iter_rows())
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_sort_rows_packed_key_equals_multi_column_sort(wide):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    major = rng.integers(-50, 50, n) * (2**40 if wide else 1)  # wide: ranges need > 64 bits
+    df = pl.DataFrame(
+        {"k": major, "t": rng.integers(0, 30, n), "m": rng.integers(0, 7, n), "row": np.arange(n)}
+    )
+    got = P.sort_rows(df, "k", "t", "m").select("k", "t", "m")
+    assert got.equals(df.sort(["k", "t", "m"]).select("k", "t", "m"))

@@ -76,5 +76,7 @@ def read_events(
         if any(typed.get_column(c).null_count() for c in required):
             reader.explain_nulls(plain, paths)
     logger.info("%s: read %d raw events from %s", fmt, typed.height, [p.name for p in paths])
-    events = reader.standardize(typed)
-    return events.filter(pl.col("kept")) if kept_only else events
+    events = reader.standardize(typed).lazy()
+    if kept_only:
+        events = events.filter(pl.col("kept"))
+    return events.collect()

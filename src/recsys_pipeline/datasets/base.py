@@ -43,9 +43,10 @@ class RawFormat:
     """A published raw format: file names, separator, used columns and how to standardise them.
 
     Subclasses set the class attributes and implement :meth:`typed` and :meth:`standardize`.
-    The standard frame that :meth:`standardize` returns has the columns ``key`` (Int64: the user,
-    visitor or raw session a session is cut from, or the given session id), ``ItemId`` (Int64:
-    the output item id), ``sort_item`` (Int64: the tie-breaker for equal timestamps), ``Time``
+    The standard frame that :meth:`standardize` returns (eager or lazy) has the columns ``key``
+    (integer: the user, visitor or raw session a session is cut from, or the given session id),
+    ``ItemId`` (the output item id), ``sort_item`` (integer: the tie-breaker for equal
+    timestamps), ``Time``
     (Int64 in ``time_unit_seconds``; Float64 for RSC15) and ``kept`` (Boolean: the event is an
     item view that the protocol keeps).
     """
@@ -159,7 +160,7 @@ class RawFormat:
 
     def cast(self, column: Column) -> pl.Expr:
         """Typed version of a string column; unparsable values become null."""
-        col = pl.col(column.name).str.strip_chars()
+        col = pl.col(column.name)
         if column.kind == "int":
             return col.cast(pl.Int64, strict=False)
         if column.kind == "float":
@@ -188,7 +189,7 @@ class RawFormat:
         scans = [self.scan_strings(p).select(*exprs, kept.alias("kept")) for p in paths]
         return pl.concat(scans, how="vertical")
 
-    def standardize(self, df: pl.DataFrame) -> pl.DataFrame:
+    def standardize(self, df: pl.DataFrame) -> pl.DataFrame | pl.LazyFrame:
         """Typed raw columns -> the standard frame (see the class docstring)."""
         raise NotImplementedError
 

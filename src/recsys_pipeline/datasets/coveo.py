@@ -28,11 +28,10 @@ class Coveo(RawFormat):
     time_unit_seconds = 0.001
     published_at = "https://github.com/coveooss/shopper-intent-prediction-nature-2020"
 
-    def standardize(self, df: pl.DataFrame) -> pl.DataFrame:
+    def standardize(self, df: pl.DataFrame) -> pl.LazyFrame:
         """Rank session and SKU hashes by first appearance."""
-        df = first_appearance_index(df, "session_id_hash", "key")
-        df = first_appearance_index(df, "product_skus_hash", ITEM)
-        return df.select(
+        ranked = first_appearance_index(df, {"session_id_hash": "key", "product_skus_hash": ITEM})
+        return ranked.select(
             "key",
             ITEM,
             pl.col(ITEM).alias("sort_item"),

@@ -34,11 +34,10 @@ class Rees46(RawFormat):
             "s"
         )
 
-    def standardize(self, df: pl.DataFrame) -> pl.DataFrame:
+    def standardize(self, df: pl.DataFrame) -> pl.LazyFrame:
         """Rank users and products by first appearance; users are the sessionisation key."""
-        df = first_appearance_index(df, "user_id", "key")
-        df = first_appearance_index(df, "product_id", "sort_item")
-        return df.select(
+        ranked = first_appearance_index(df, {"user_id": "key", "product_id": "sort_item"})
+        return ranked.select(
             "key",
             pl.col("product_id").alias(ITEM),
             "sort_item",

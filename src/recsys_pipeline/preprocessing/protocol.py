@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 logger = logging.getLogger(__name__)
@@ -21,36 +22,68 @@ OUTPUT_COLUMNS = (SESSION, ITEM, TIME)
 DAY_SECONDS = 86_400
 
 
-def first_appearance_index(df: pl.DataFrame, column: str, name: str) -> pl.DataFrame:
-    """Add ``name``: the rank of ``column``'s value in order of first appearance (0, 1, ...).
+def first_appearance_index(df: pl.DataFrame, columns: dict[str, str]) -> pl.LazyFrame:
+    """Add, per ``column: name``, ``name`` (UInt32): the value's rank in order of first appearance.
 
-    Nulls count as one value, as pandas' ``unique()`` does in the reference scripts.
+    Ranks are 0, 1, ... in ``df``'s row order; nulls count as one value, as pandas' ``unique()``
+    does in the reference scripts. Every map is computed eagerly from ``df`` itself (small:
+    one row per distinct value) and then joined lazily, so neither a later filter nor the row
+    order of an earlier join can change a rank. The result's row order is not kept: the
+    protocol sorts afterwards anyway.
     """
-    mapping = (
-        df.select(column)
-        .unique(maintain_order=True)
-        .with_row_index(name)
-        .with_columns(pl.col(name).cast(pl.Int64))
-    )
-    return df.join(mapping, on=column, how="left", nulls_equal=True, maintain_order="left")
+    if not isinstance(df, pl.DataFrame):
+        raise TypeError("first_appearance_index needs the eager frame in its original row order")
+    maps = {
+        column: df.select(column).unique(maintain_order=True).with_row_index(name)
+        for column, name in columns.items()
+    }
+    lf = df.lazy()
+    for column, mapping in maps.items():
+        lf = lf.join(mapping.lazy(), on=column, how="left", nulls_equal=True)
+    return lf
 
 
-def gap_sessions(
-    df: pl.DataFrame, key: str, time: str, order: list[str], gap: int | float
-) -> pl.DataFrame:
+def _bits(span: int) -> int:
+    return max(int(span).bit_length(), 1)
+
+
+def sort_rows(df: pl.DataFrame, major: str, time: str, minor: str) -> pl.DataFrame:
+    """Sort by (``major``, ``time``, ``minor``), all integer columns.
+
+    When the three value ranges fit in 64 bits together, the sort runs on one packed UInt64 key
+    (about 2.5x faster than polars' multi-column sort on 20M rows); otherwise on the columns.
+    Equal keys are whole-row duplicates of the sort key, so stability does not matter.
+    """
+    cols = (major, time, minor)
+    if df.height == 0 or not all(df.schema[c].is_integer() for c in cols):
+        return df.sort(list(cols), maintain_order=True)
+    lo = df.select(pl.col(c).min() for c in cols).row(0)
+    hi = df.select(pl.col(c).max() for c in cols).row(0)
+    widths = [_bits(h - low) for low, h in zip(lo, hi, strict=True)]
+    if sum(widths) > 64:
+        return df.sort(list(cols), maintain_order=True)
+    packed = pl.lit(0, dtype=pl.UInt64)
+    for column, low, width in zip(cols, lo, widths, strict=True):
+        packed = packed * (1 << width) + (pl.col(column) - low).cast(pl.UInt64)
+    order = df.select(packed.arg_sort()).to_series()
+    return df[order]
+
+
+def gap_sessions(df: pl.DataFrame, key: str, time: str, minor: str, gap: int | float) -> pl.DataFrame:
     """Cut ``key``'s time-ordered stream into sessions; adds ``SessionId`` (0, 1, ... in sort order).
 
-    Rows are sorted by ``order`` (which starts with ``key`` and ``time``). A new session starts when
-    ``key`` changes or when the gap to the previous row is *strictly* greater than ``gap``.
+    Rows are sorted by (``key``, ``time``, ``minor``). A new session starts when ``key`` changes
+    or when the gap to the previous row is *strictly* greater than ``gap``. The result is already
+    in (SessionId, Time, minor) order.
     """
-    df = df.sort(order, maintain_order=True)
+    df = sort_rows(df, key, time, minor)
     new = (pl.col(key) != pl.col(key).shift(1)) | ((pl.col(time) - pl.col(time).shift(1)) > gap)
     return df.with_columns(new.fill_null(False).cast(pl.Int64).cum_sum().alias(SESSION))
 
 
 def filter_events(events: pl.DataFrame) -> pl.DataFrame:
-    """Keep the item-view events (``kept``) of a standard frame."""
-    return events.filter(pl.col("kept"))
+    """Keep the item-view events (``kept``) of a standard frame (no copy when all are kept)."""
+    return events if events.get_column("kept").all() else events.filter(pl.col("kept"))
 
 
 def sessionise(
@@ -67,13 +100,11 @@ def sessionise(
         raise ValueError(f"session mode must be given|gap and gap_on kept|all, got {mode}/{gap_on}")
     if mode == "given":
         df = filter_events(events).rename({"key": SESSION})
+        df = sort_rows(df.with_columns(pl.col(SESSION).cast(pl.Int64)), SESSION, TIME, "sort_item")
     else:
         df = filter_events(events) if gap_on == "kept" else events
-        df = gap_sessions(df, "key", TIME, ["key", TIME, "sort_item"], gap)
-        df = filter_events(df)
-    return df.select(SESSION, ITEM, TIME, "sort_item").sort(
-        [SESSION, TIME, "sort_item"], maintain_order=True
-    )
+        df = filter_events(gap_sessions(df, "key", TIME, "sort_item", gap))
+    return df.select(SESSION, ITEM, TIME, "sort_item")
 
 
 def remove_consecutive_duplicates(df: pl.DataFrame) -> pl.DataFrame:
@@ -87,19 +118,30 @@ def remove_consecutive_duplicates(df: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class FilterTrace:
-    """Row, session and item counts after every step of the iterative support filter."""
+    """Rows after every step of a filter; sessions and items before and after it."""
 
     steps: list[dict] = field(default_factory=list)
 
-    def add(self, step: str, df: pl.DataFrame) -> None:
-        """Record the counts of ``df`` after ``step``."""
-        counts = df.select(
-            pl.len().alias("events"),
-            pl.col(SESSION).n_unique().alias("sessions"),
-            pl.col(ITEM).n_unique().alias("items"),
-        ).row(0, named=True)
-        self.steps.append({"step": step, **counts})
-        logger.info("%-28s %12d events %10d sessions %9d items", step, *list(counts.values()))
+    def add(self, step: str, events: int, sessions: int | None = None, items: int | None = None):
+        """Record the counts after ``step`` (sessions and items where they were counted)."""
+        entry = {"step": step, "events": int(events)}
+        if sessions is not None:
+            entry |= {"sessions": int(sessions), "items": int(items)}
+        self.steps.append(entry)
+        logger.info("%-28s %12d events", step, events)
+
+    def add_frame(self, step: str, df: pl.DataFrame) -> None:
+        """Record ``df``'s events, sessions and items."""
+        counts = df.select(pl.col(SESSION).n_unique(), pl.col(ITEM).n_unique()).row(0)
+        self.add(step, df.height, *counts)
+
+
+def _dense_codes(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Dense session codes (rows must be grouped by session) and dense item codes, as numpy."""
+    items = df.select(pl.col(ITEM).unique()).with_row_index("code")
+    codes = df.select(SESSION, ITEM).with_columns(pl.col(SESSION).rle_id().alias("session"))
+    codes = codes.join(items, on=ITEM, how="left", maintain_order="left")
+    return codes["session"].to_numpy(), codes["code"].to_numpy()
 
 
 def iterative_support_filter(
@@ -109,39 +151,61 @@ def iterative_support_filter(
 
     The loop ends when one whole pass leaves the row count unchanged, so both conditions hold at
     exit. Step a removes sessions shorter than ``min_session_length`` (2 in the protocol, i.e.
-    exactly the length-1 sessions). Row order is preserved.
+    exactly the length-1 sessions). ``df``'s rows must be grouped by session (protocol order);
+    row order is preserved. Counts are kept up to date incrementally (numpy ``bincount`` of the
+    removed rows), so passes after the first cost one gather each.
     """
     trace = FilterTrace()
-    trace.add("dedup", df)
-    n_pass, previous = 0, -1
-    while df.height != previous:
-        previous = df.height
+    if df.height == 0:
+        trace.add("dedup", 0, 0, 0)
+        return df, trace
+    session, item = _dense_codes(df)
+    lengths = np.bincount(session)
+    support = np.bincount(item)
+    trace.add("dedup", df.height, lengths.size, support.size)
+    alive = np.ones(df.height, dtype=bool)
+    n_pass, previous, current = 0, -1, df.height
+
+    def drop(mask: np.ndarray) -> int:
+        rows = np.flatnonzero(mask & alive)
+        alive[rows] = False
+        lengths[:] -= np.bincount(session[rows], minlength=lengths.size)
+        support[:] -= np.bincount(item[rows], minlength=support.size)
+        return rows.size
+
+    while current != previous:
+        previous = current
         n_pass += 1
-        df = df.filter(pl.len().over(SESSION) >= min_session_length)
-        trace.add(f"pass {n_pass}: session length", df)
-        df = df.filter(pl.len().over(ITEM) >= min_item_support)
-        trace.add(f"pass {n_pass}: item support", df)
-    return df, trace
+        current -= drop(lengths[session] < min_session_length)
+        trace.add(f"pass {n_pass}: session length", current)
+        current -= drop(support[item] < min_item_support)
+        trace.add(f"pass {n_pass}: item support", current)
+    full = df.filter(pl.Series(alive))
+    trace.add("full", full.height, np.count_nonzero(lengths), np.count_nonzero(support))
+    return full, trace
 
 
-def session_starts(full: pl.DataFrame) -> pl.DataFrame:
-    """First timestamp of every session of the filtered data: columns SessionId, start."""
-    return full.group_by(SESSION).agg(pl.col(TIME).min().alias("start"))
+def _grouped(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` flagged as sorted by SessionId when it is, so windows over sessions run fast."""
+    return df.set_sorted(SESSION) if df.get_column(SESSION).is_sorted() else df
 
 
 def time_split(
-    data: pl.DataFrame, starts: pl.DataFrame, cut: int | float, min_session_length: int = 2
+    data: pl.DataFrame, cut: int | float, min_session_length: int = 2
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split ``data`` at ``cut`` by the protocol's rule; returns (train, test).
 
-    ``test`` = every row of ``data`` of the sessions whose start (in ``starts``, taken from the full
-    filtered data) is ``>= cut``; it is neither length- nor item-filtered. ``train`` = rows with
-    ``Time < cut`` (so sessions crossing the cut are truncated), then sessions shorter than
-    ``min_session_length`` dropped.
+    ``test`` = every row of the sessions whose first event is ``>= cut``; it is neither length-
+    nor item-filtered. ``train`` = rows with ``Time < cut`` (so sessions crossing the cut are
+    truncated), then sessions shorter than ``min_session_length`` dropped.
+
+    The reference takes session starts from the full filtered data also when it splits
+    train_full at the validation cut; taking them from ``data`` is the same, because a session
+    in train_full starts before the test cut and so keeps its first event there.
     """
-    late = starts.filter(pl.col("start") >= cut).select(SESSION)
-    test = data.join(late, on=SESSION, how="semi", maintain_order="left")
-    train = data.filter(pl.col(TIME) < cut)
+    data = _grouped(data)
+    test = data.filter(pl.col(TIME).min().over(SESSION) >= cut)
+    train = _grouped(data.filter(pl.col(TIME) < cut))
     train = train.filter(pl.len().over(SESSION) >= min_session_length)
     return train, test
 
@@ -169,13 +233,9 @@ def split_points(
 def protocol_splits(
     full: pl.DataFrame, points: SplitPoints, min_session_length: int = 2
 ) -> dict[str, pl.DataFrame]:
-    """train_full/test at ``cut_test``, then train_tr/train_valid inside train_full at ``cut_valid``.
-
-    Session starts for both splits come from ``full`` (the reference computes them once).
-    """
-    starts = session_starts(full)
-    train_full, test = time_split(full, starts, points.cut_test, min_session_length)
-    train_tr, train_valid = time_split(train_full, starts, points.cut_valid, min_session_length)
+    """train_full/test at ``cut_test``, then train_tr/train_valid inside train_full at ``cut_valid``."""
+    train_full, test = time_split(full, points.cut_test, min_session_length)
+    train_tr, train_valid = time_split(train_full, points.cut_valid, min_session_length)
     return {
         "train_full": train_full,
         "test": test,
@@ -193,13 +253,13 @@ def rsc15_filter(
 ) -> tuple[pl.DataFrame, FilterTrace]:
     """One pass, no dedup: drop length-1 sessions, items with < 5 events, sessions shorter than 2."""
     trace = FilterTrace()
-    trace.add("raw clicks", df)
+    trace.add_frame("raw clicks", df)
     df = df.filter(pl.len().over(SESSION) > 1)
-    trace.add("session length > 1", df)
+    trace.add("session length > 1", df.height)
     df = df.filter(pl.len().over(ITEM) >= min_item_support)
-    trace.add("item support", df)
+    trace.add("item support", df.height)
     df = df.filter(pl.len().over(SESSION) >= min_session_length)
-    trace.add("session length", df)
+    trace.add_frame("full", df)
     return df, trace
 
 
