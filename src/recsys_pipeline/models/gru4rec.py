@@ -1,0 +1,940 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016; Hidasi & Karatzoglou, CIKM 2018), faithful to the reference.
+
+The reference is the official PyTorch port ``hidasib/GRU4Rec_PyTorch_Official`` (and, for the
+losses and options it lacks, the Theano original ``hidasib/GRU4Rec``). Parameter names and
+defaults are the reference's, so parameter strings can be copied (``run.py -ps``)::
+
+    params = GRU4RecParams.from_string("loss=bpr-max,layers=512,batch_size=128,elu_param=1")
+    model = GRU4Rec(params).fit(train)          # polars frame: SessionId, ItemId, Time
+    query, state = model.step(items, model.initial_state(len(items)))
+    scores = model.score(query)                 # [B, n_items]
+
+Network (``H`` = last layer size, ``n`` = number of items)
+------------------------------------------------------------
+* Input, three modes: *shared* (``constrained_embedding=True``, the default): the output item
+  table ``Wy [n, H]`` is also the input embedding; *separate* (``embedding=X``): an input table
+  ``E [n, X]``; *none* (``embedding=0``, ``constrained_embedding=False``): the one-hot item goes
+  straight into the first GRU layer, whose input weights are then an item-indexed table
+  ``[n, 3 * H0]``.
+* GRU layers with the reference's gate layout: input weights ``Wx [in, 3H]`` and hidden weights
+  ``Wh [H, 3H]`` in blocks (candidate, reset, update), one bias ``Bh [3H]``; like the official
+  port (``nn.GRUCell``), the reset gate multiplies the hidden projection::
+
+      r, z = sigmoid(x Wx_r + h Wh_r + b_r), sigmoid(x Wx_z + h Wh_z + b_z)
+      c    = hidden_act(x Wx_c + b_c + r * (h Wh_c))
+      h'   = (1 - z) * h + z * c
+
+* Dropout (``p`` = probability to DROP) on the input embedding (``dropout_p_embed``) and on the
+  output of every GRU layer (``dropout_p_hidden``); in mode *none* the first layer's output takes
+  ``dropout_p_embed``, as in the official port. The dropped-out output is also the next state.
+* Output: ``score(item) = h . Wy[item] + By[item]``; in training over the mini-batch's targets
+  plus ``n_sample`` shared samples (``[B, B + n_sample]``, column ``i`` = target of row ``i``),
+  in evaluation over all items (raw scores, no final activation).
+* Initialisation: uniform ``+-sqrt(6 / (fan_in + fan_out))`` per gate block (``sigma`` overrides
+  the width, ``init_as_normal`` draws from ``N(0, sigma)``), biases zero.
+
+Training: session-parallel mini-batches (one-step truncated backpropagation: the state is
+detached after every step), popularity^``sample_alpha`` negatives from a device-side store, the
+loss summed over rows and divided by ``batch_size``, and Adagrad with momentum updating only the
+touched rows of the item tables (:mod:`recsys_pipeline.training.optim`). Item rows are gathered
+once per step for the unique items of the step (inputs, targets and samples), so duplicates share
+one row and their gradients are summed exactly as the reference's coalesced sparse gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys_pipeline.training.device import resolve_device
+from recsys_pipeline.training.optim import ADAPT_METHODS, IndexedAdagradM, clip_grad_norm
+from recsys_pipeline.training.sampler import NegativeSampler
+from recsys_pipeline.training.session_iterator import (
+    SessionBatch,
+    SessionData,
+    SessionParallelIterator,
+    sessions_from_frame,
+)
+from recsys_pipeline.training.trainer import EpochStats, run_epoch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LOSSES",
+    "GRU4Rec",
+    "GRU4RecNetwork",
+    "GRU4RecParams",
+    "bpr_loss",
+    "bpr_max_loss",
+    "cross_entropy_loss",
+    "logq_correction",
+    "make_activation",
+    "top1_loss",
+    "top1_max_loss",
+    "xe_logit_loss",
+]
+
+LOSSES = ("cross-entropy", "bpr-max", "top1", "bpr", "top1-max", "xe_logit")
+State = list[torch.Tensor]  # one [B, H_l] hidden state per layer
+_NON_NEGATIVE = (
+    "n_sample n_epochs embedding momentum sample_alpha lmbd grad_cap sigma logq elu_param "
+    "sample_store_size"
+).split()
+_CPU_SAMPLE_STORE = 2**20  # bulk size only matters on accelerators; keeps CPU setup ~0.1 s
+
+# --------------------------------------------------------------------------------- parameters
+
+
+@dataclass
+class GRU4RecParams:
+    """Hyperparameters, with the reference's names and defaults (official PyTorch port).
+
+    ``final_act="auto"`` picks the reference's activation for the loss: softmax for
+    cross-entropy, softmax_logit for xe_logit, ``elu-<elu_param>`` for bpr-max (linear when
+    ``elu_param`` is 0), linear otherwise. ``constrained_embedding`` wins over ``embedding``.
+    ``sample_store_size`` is run.py's ``-ss`` (on the CPU at most 2**20 ids are drawn at once).
+    ``device`` (``auto``, ``cpu``, ``cuda:N``) and ``seed`` (weights, samples, dropout, session
+    order) are ours. In mode *none*, ``dropout_p_embed`` applies to the first layer's output.
+    """
+
+    layers: list[int] = field(default_factory=lambda: [100])
+    loss: str = "cross-entropy"
+    final_act: str = "auto"
+    elu_param: float = 0.5
+    hidden_act: str = "tanh"
+    constrained_embedding: bool = True
+    embedding: int = 0
+    batch_size: int = 64
+    dropout_p_embed: float = 0.0
+    dropout_p_hidden: float = 0.0
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    n_sample: int = 2048
+    sample_alpha: float = 0.5
+    bpreg: float = 1.0
+    logq: float = 0.0
+    n_epochs: int = 10
+    adapt: str = "adagrad"
+    lmbd: float = 0.0
+    grad_cap: float = 0.0
+    sigma: float = 0.0
+    init_as_normal: bool = False
+    train_random_order: bool = False
+    time_sort: bool = True
+    sample_store_size: int = 10_000_000
+    device: str = "auto"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.layers = [int(x) for x in self.layers]
+        errors = []
+        if not self.layers or min(self.layers) < 1:
+            errors.append(f"layers must be a non-empty list of positive sizes, got {self.layers}")
+        if self.loss not in LOSSES:
+            errors.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("dropout_p_embed", "dropout_p_hidden"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                errors.append(f"{name} is a drop probability in [0, 1), got {getattr(self, name)}")
+        if self.batch_size < 1:
+            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            errors.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.adapt not in ADAPT_METHODS:
+            errors.append(f"adapt must be one of {ADAPT_METHODS}, got {self.adapt!r}")
+        try:
+            make_activation(self.hidden_act)
+        except ValueError as err:
+            errors.append(f"hidden_act: {err}")
+        final = self.resolved_final_act
+        if self.loss == "cross-entropy" and final != "softmax":
+            errors.append(f"loss=cross-entropy needs final_act=softmax (or auto), got {final!r}")
+        elif self.loss == "xe_logit" and final != "softmax_logit":
+            errors.append(f"loss=xe_logit needs final_act=softmax_logit (or auto), got {final!r}")
+        elif self.loss not in ("cross-entropy", "xe_logit"):
+            try:
+                make_activation(final)
+            except ValueError as err:
+                errors.append(f"final_act: {err}")
+        if errors:
+            raise ValueError("invalid GRU4Rec parameters: " + "; ".join(errors))
+
+    @property
+    def resolved_final_act(self) -> str:
+        """The final activation actually used (``final_act`` with ``auto`` resolved)."""
+        if self.final_act != "auto":
+            return self.final_act
+        if self.loss == "cross-entropy":
+            return "softmax"
+        if self.loss == "xe_logit":
+            return "softmax_logit"
+        if self.loss == "bpr-max" and self.elu_param > 0:
+            return f"elu-{self.elu_param:g}"
+        return "linear"
+
+    @property
+    def embedding_mode(self) -> str:
+        """``"shared"``, ``"separate"`` or ``"none"``."""
+        if self.constrained_embedding:
+            return "shared"
+        return "separate" if self.embedding > 0 else "none"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GRU4RecParams:
+        """From a mapping (e.g. YAML); values may be typed or strings as in a parameter string.
+
+        Raises:
+            ValueError: an unknown name (the message lists the valid ones) or a bad value.
+        """
+        valid = cls.field_names()
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown GRU4Rec parameter(s) {unknown}; valid names: {', '.join(valid)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: v for k, v in values.items() if not (k == "embedding" and v == "layersize")}
+        kwargs = {k: _convert(k, v, hints[k]) for k, v in kwargs.items()}
+        if values.get("embedding") == "layersize":  # reference shorthand: embedding = layers[0]
+            kwargs["embedding"] = (kwargs.get("layers") or cls().layers)[0]
+        return cls(**kwargs)
+
+    @classmethod
+    def from_string(cls, text: str) -> GRU4RecParams:
+        """From run.py's syntax ``name=value,name=value`` (``/`` separates list items)."""
+        values: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"parameter {item!r} is not of the form name=value")
+            values[name.strip()] = value.strip()
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML/MLflow friendly)."""
+        return dataclasses.asdict(self)
+
+    def to_string(self) -> str:
+        """The parameter string :meth:`from_string` reads back."""
+
+        def fmt(v: Any) -> str:
+            return "/".join(map(str, v)) if isinstance(v, list) else str(v)
+
+        return ",".join(f"{k}={fmt(v)}" for k, v in self.to_dict().items())
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of field ``name`` (strings parsed as run.py does)."""
+    try:
+        if hint is bool:
+            return _as_bool(value)
+        if typing.get_origin(hint) is list:
+            if isinstance(value, str):
+                value = value.split("/")
+            elif isinstance(value, int | float):
+                value = [value]
+            return [_as_int(x) for x in value]
+        if hint is int:
+            return _as_int(value)
+        return float(value) if hint is float else str(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad value for GRU4Rec parameter {name!r}: {err}") from err
+
+
+def _as_bool(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false", "1", "0"):
+        return text in ("true", "1")
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _as_int(value: Any) -> int:
+    number = float(value) if isinstance(value, str) and not value.strip().isdigit() else value
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"not an integer: {value!r}")
+    return int(number)
+
+
+# ------------------------------------------------------------------------------- activations
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation ``fn`` with its derivative expressed through its output ``y = fn(x)``."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    grad_from_output: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def make_activation(name: str) -> Activation:
+    """The activation ``name``: linear, relu, tanh, leaky-X, elu-X, selu-X-Y (X = lambda, Y =
+    alpha), as in the Theano original."""
+    if name == "linear":
+        return Activation(name, _identity, torch.ones_like)
+    if name == "relu":
+        return Activation(name, torch.relu, lambda y: (y > 0).to(y.dtype))
+    if name == "tanh":
+        return Activation(name, torch.tanh, lambda y: 1.0 - y * y)
+    kind, _, args = name.partition("-")
+    try:
+        numbers = [float(x) for x in args.split("-")] if args else []
+    except ValueError:
+        numbers = []
+    # every one is monotone with f(0) = 0, so the sign of the output is the sign of the input
+    if kind == "leaky" and len(numbers) == 1:
+        slope = numbers[0]
+        return Activation(
+            name,
+            partial(F.leaky_relu, negative_slope=slope),
+            lambda y: torch.where(y > 0, 1.0, slope).to(y.dtype),
+        )
+    if kind == "elu" and len(numbers) == 1:
+        alpha = numbers[0]
+        return Activation(
+            name, partial(F.elu, alpha=alpha), lambda y: torch.where(y > 0, 1.0, y + alpha)
+        )
+    if kind == "selu" and len(numbers) == 2:
+        scale, alpha = numbers
+        return Activation(
+            name,
+            partial(_selu, scale=scale, alpha=alpha),
+            lambda y: torch.where(y > 0, scale, y + scale * alpha),
+        )
+    raise ValueError(
+        f"unknown activation {name!r}; use linear, relu, tanh, leaky-X, elu-X or selu-X-Y"
+    )
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _selu(x: torch.Tensor, scale: float, alpha: float) -> torch.Tensor:
+    return scale * F.elu(x, alpha=alpha)
+
+
+# ------------------------------------------------------------------------------------ losses
+# Every loss takes a score matrix ``[B, N]`` whose column ``i`` (i < B) holds the target of row
+# ``i`` (the other columns are negatives: the other rows' targets, then the samples), sums the
+# per-row losses and divides by ``batch_size`` (the nominal mini-batch size, also when the last
+# mini-batches of an epoch are smaller), as the reference does.
+
+
+def logq_correction(
+    log_support: torch.Tensor,
+    targets: torch.Tensor,
+    samples: torch.Tensor | None,
+    logq: float,
+    sample_alpha: float,
+) -> torch.Tensor:
+    """What cross-entropy subtracts from the score columns, ``[B + S]``:
+    ``logq * log(support)`` for the target columns, ``logq * sample_alpha * log(support)`` for
+    the sampled ones."""
+    correction = log_support.index_select(0, targets)
+    if samples is not None:
+        sampled = log_support.index_select(0, samples) * sample_alpha
+        correction = torch.cat([correction, sampled])
+    return correction * logq
+
+
+def cross_entropy_loss(
+    scores: torch.Tensor, batch_size: int, correction: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax over each row (once), ``-log(p_target + 1e-24)``; ``correction [N]`` (logQ) is
+    subtracted from the columns first."""
+    if correction is not None:
+        scores = scores - correction
+    exp = torch.exp(scores - scores.detach().max(dim=1, keepdim=True).values)
+    p_target = exp.diagonal() / exp.sum(dim=1)
+    return -torch.log(p_target + 1e-24).sum() / batch_size
+
+
+def xe_logit_loss(
+    scores: torch.Tensor, batch_size: int, correction: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy on logits (Theano ``xe_logit``): ``logsumexp(row) - score_target``."""
+    if correction is not None:
+        scores = scores - correction
+    return (torch.logsumexp(scores, dim=1) - scores.diagonal()).sum() / batch_size
+
+
+def _target_mask(scores: torch.Tensor) -> torch.Tensor:
+    return torch.eye(*scores.shape, dtype=torch.bool, device=scores.device)
+
+
+def _softmax_negatives(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax of each row over its negatives only: the target column gets weight 0."""
+    return torch.softmax(scores.masked_fill(_target_mask(scores), -math.inf), dim=1)
+
+
+def bpr_max_loss(scores: torch.Tensor, batch_size: int, bpreg: float) -> torch.Tensor:
+    """BPR-max on (final-activated) scores ``r``, softmax weights ``s`` over the negatives only::
+
+    -log(sum_j s_j * sigmoid(r_t - r_j) + 1e-24) + bpreg * sum_j s_j * r_j ** 2
+
+    One autograd node with a hand-written backward (see :class:`_BPRMax`): the loss is the
+    hottest element-wise part of a bpr-max step.
+    """
+    return _BPRMax.apply(scores, bpreg) / batch_size
+
+
+class _BPRMax(torch.autograd.Function):
+    """Sum over rows of the BPR-max loss of ``r [B, N]`` (target of row ``i`` in column ``i``).
+
+    With ``w`` the softmax over the negatives, ``sg_j = sigmoid(r_t - r_j)``,
+    ``A = sum_j w_j sg_j`` and ``Q = sum_j w_j r_j^2``, the row loss is
+    ``-log(A + eps) + bpreg * Q`` and (softmax rule: ``d sum_k w_k f_k / d r_j = w_j (f_j - F)``)::
+
+        d/d r_j = -1/(A + eps) * w_j * (sg_j - A - sg_j (1 - sg_j)) + bpreg * w_j * (r_j^2 - Q + 2 r_j)
+        d/d r_t = -1/(A + eps) * sum_j w_j sg_j (1 - sg_j)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, bpreg: float) -> torch.Tensor:  # type: ignore[override]
+        weights = _softmax_negatives(scores)
+        sig = torch.sigmoid(scores.diagonal().unsqueeze(1) - scores)
+        ranking = torch.mul(weights, sig).sum(dim=1)  # A [B]
+        regulariser = (weights * scores * scores).sum(dim=1)  # Q [B]
+        ctx.save_for_backward(scores, weights, sig, ranking, regulariser)
+        ctx.bpreg = bpreg
+        return (bpreg * regulariser - torch.log(ranking + 1e-24)).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        scores, weights, sig, ranking, regulariser = ctx.saved_tensors
+        bpreg = ctx.bpreg
+        inv = (-1.0 / (ranking + 1e-24)).unsqueeze(1)  # [B, 1]
+        w_sig_slope = weights * sig * (1.0 - sig)  # w_j sg_j (1 - sg_j)
+        # ranking part: inv * w (sg - A) - inv * w sg (1 - sg)
+        out = torch.sub(sig, ranking.unsqueeze(1)).mul_(weights).sub_(w_sig_slope).mul_(inv)
+        if bpreg:
+            reg = torch.add(scores, 2.0).mul_(scores).sub_(regulariser.unsqueeze(1))
+            out.addcmul_(reg, weights, value=bpreg)  # bpreg * w (r^2 + 2 r - Q)
+        out.diagonal().add_(inv.squeeze(1) * w_sig_slope.sum(dim=1))  # the target column
+        return out.mul_(grad), None
+
+
+def top1_max_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """TOP1-max: ``sum_j s_j * (sigmoid(r_j - r_t) + sigmoid(r_j ** 2))``, ``s`` over negatives."""
+    weights = _softmax_negatives(scores)
+    target = scores.diagonal().unsqueeze(1)
+    terms = torch.sigmoid(scores - target) + torch.sigmoid(scores.square())
+    return (weights * terms).sum() / batch_size
+
+
+def top1_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """TOP1 (Theano definition): ``mean_j(sigmoid(r_j - r_t) + sigmoid(r_j ** 2))
+    - sigmoid(r_t ** 2) / N`` per row (the mean runs over all ``N`` columns)."""
+    target = scores.diagonal()
+    terms = torch.sigmoid(scores - target.unsqueeze(1)) + torch.sigmoid(scores.square())
+    per_row = terms.mean(dim=1) - torch.sigmoid(target.square()) / scores.shape[1]
+    return per_row.sum() / batch_size
+
+
+def bpr_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """BPR (Theano definition): ``mean_j -log(sigmoid(r_t - r_j))`` per row, all ``N`` columns."""
+    target = scores.diagonal().unsqueeze(1)
+    return -F.logsigmoid(target - scores).mean(dim=1).sum() / batch_size
+
+
+# ----------------------------------------------------------------------------------- network
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout: each unit is zeroed with probability ``p``, survivors scaled 1/(1-p)."""
+    if p <= 0.0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep.div_(1.0 - p)
+
+
+class _GRUGates(torch.autograd.Function):
+    """The element-wise part of a GRU step, fused into one autograd node.
+
+    Inputs ``gx [B, 3H]`` (input projection + bias), ``gh [B, 3H]`` (hidden projection) and
+    ``h [B, H]``, all in blocks (candidate, reset, update); output ``h' [B, H]``. The backward
+    pass writes the gradients of ``gx`` and ``gh`` directly instead of going through six slice
+    nodes, which saves a dozen full-size temporaries per step.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, activation: Activation
+    ) -> torch.Tensor:
+        size = h.shape[1]
+        rz = torch.add(gx[:, size:], gh[:, size:]).sigmoid_()
+        candidate = activation(torch.addcmul(gx[:, :size], rz[:, :size], gh[:, :size]))
+        ctx.save_for_backward(rz, candidate, gh, h)
+        ctx.activation = activation
+        return torch.lerp(h, candidate, rz[:, size:])  # (1 - z) * h + z * candidate
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        rz, candidate, gh, h = ctx.saved_tensors
+        size = h.shape[1]
+        r, z = rz[:, :size], rz[:, size:]
+        grad_gx = torch.empty_like(gh)
+        grad_gh = torch.empty_like(gh)
+        d_cand = grad_gx[:, :size]  # d loss / d (pre-activation of the candidate)
+        torch.mul(grad, z, out=d_cand).mul_(ctx.activation.grad_from_output(candidate))
+        torch.mul(d_cand, r, out=grad_gh[:, :size])
+        d_r = grad_gx[:, size : 2 * size]
+        torch.mul(d_cand, gh[:, :size], out=d_r).mul_(r * (1.0 - r))
+        d_z = grad_gx[:, 2 * size :]
+        torch.sub(candidate, h, out=d_z).mul_(grad).mul_(z * (1.0 - z))
+        grad_gh[:, size:] = grad_gx[:, size:]
+        grad_h = grad * (1.0 - z) if ctx.needs_input_grad[2] else None
+        return grad_gx, grad_gh, grad_h, None
+
+
+class GRULayer(nn.Module):
+    """One GRU layer: ``Wx [n_in, 3H]``, ``Wh [H, 3H]``, ``Bh [3H]`` in blocks (cand., reset,
+    update). In embedding mode *none* the first layer's ``Wx`` is the item-indexed table."""
+
+    def __init__(self, n_in: int, size: int, activation: Activation) -> None:
+        super().__init__()
+        self.size = size
+        self.activation = activation
+        self.Wx = nn.Parameter(torch.empty(n_in, 3 * size))
+        self.Wh = nn.Parameter(torch.empty(size, 3 * size))
+        self.Bh = nn.Parameter(torch.zeros(3 * size))
+
+    def cell(self, gx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """New state ``[B, H]`` from the input projection ``gx [B, 3H]`` (bias included) and
+        the previous state ``h [B, H]``."""
+        return _GRUGates.apply(gx, torch.mm(h, self.Wh), h, self.activation)
+
+
+class GRU4RecNetwork(nn.Module):
+    """The GRU4Rec network: item tables, GRU layers, output ``Wy [n, H]`` and ``By [n]``."""
+
+    def __init__(self, n_items: int, params: GRU4RecParams) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.mode = params.embedding_mode
+        self.dropout_p_embed = params.dropout_p_embed
+        self.dropout_p_hidden = params.dropout_p_hidden
+        layers = params.layers
+        activation = make_activation(params.hidden_act)
+        if self.mode == "separate":
+            self.E = nn.Parameter(torch.empty(n_items, params.embedding))
+        n_input = {"shared": layers[-1], "separate": params.embedding, "none": n_items}[self.mode]
+        self.gru = nn.ModuleList(
+            GRULayer(layers[i - 1] if i > 0 else n_input, size, activation)
+            for i, size in enumerate(layers)
+        )
+        self.Wy = nn.Parameter(torch.empty(n_items, layers[-1]))
+        self.By = nn.Parameter(torch.zeros(n_items))
+
+    @property
+    def input_table(self) -> torch.Tensor:
+        """The item table the inputs are read from (``Wy``, ``E`` or the first ``Wx``)."""
+        return {"shared": self.Wy, "separate": getattr(self, "E", None), "none": self.gru[0].Wx}[
+            self.mode
+        ]
+
+    @property
+    def item_tables(self) -> list[torch.Tensor]:
+        """Parameters indexed by item (updated row-wise)."""
+        tables = [self.Wy, self.By]
+        return tables if self.mode == "shared" else [self.input_table, *tables]
+
+    @torch.no_grad()
+    def reset_parameters(
+        self,
+        sigma: float = 0.0,
+        init_as_normal: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Reference initialisation (on the CPU generator ``generator``, then copied)."""
+
+        def init(param: torch.Tensor, fan_in: int, fan_out: int) -> None:
+            width = sigma if sigma > 0 else math.sqrt(6.0 / (fan_in + fan_out))
+            values = torch.empty(param.shape, dtype=param.dtype)
+            if init_as_normal:
+                values.normal_(0.0, width, generator=generator)
+            else:
+                values.uniform_(-width, width, generator=generator)
+            param.copy_(values)
+
+        if self.mode == "separate":
+            init(self.E, *self.E.shape)
+        for layer in self.gru:
+            init(layer.Wx, layer.Wx.shape[0], layer.size)  # per gate block [n_in, H]
+            init(layer.Wh, layer.size, layer.size)
+            layer.Bh.zero_()
+        init(self.Wy, *self.Wy.shape)
+        self.By.zero_()
+
+    def initial_state(self, batch_size: int) -> State:
+        device = self.Wy.device
+        return [torch.zeros(batch_size, layer.size, device=device) for layer in self.gru]
+
+    def hidden_step(
+        self,
+        x: torch.Tensor,
+        state: State,
+        *,
+        training: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """Feed the input rows ``x`` (``[B, D]`` embeddings; mode *none*: ``[B, 3 H0]`` rows of
+        the first ``Wx``) through the GRU layers; returns the output ``[B, H]`` and new state."""
+        new_state: State = []
+        for i, layer in enumerate(self.gru):
+            p_out = self.dropout_p_hidden
+            if i == 0 and self.mode == "none":
+                gx = x + layer.Bh  # one-hot input: x Wx is a row of Wx
+                p_out = self.dropout_p_embed
+            else:
+                if i == 0 and training:
+                    x = _dropout(x, self.dropout_p_embed, generator)
+                gx = torch.addmm(layer.Bh, x, layer.Wx)
+            x = layer.cell(gx, state[i])
+            if training:
+                x = _dropout(x, p_out, generator)
+            new_state.append(x)
+        return x, new_state
+
+    def score(self, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Scores ``[B, stop - start]`` of items ``start .. stop - 1`` for outputs ``h [B, H]``."""
+        return torch.addmm(self.By[start:stop], h, self.Wy[start:stop].T)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+class _TrainStep:
+    """One optimisation step on a :class:`SessionBatch`; holds the hidden state across steps."""
+
+    def __init__(
+        self,
+        net: GRU4RecNetwork,
+        params: GRU4RecParams,
+        optimizer: IndexedAdagradM,
+        sampler: NegativeSampler | None,
+        log_support: torch.Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        self.net, self.params, self.optimizer = net, params, optimizer
+        self.sampler, self.log_support, self.generator = sampler, log_support, generator
+        self.final_activation: Callable[[torch.Tensor], torch.Tensor] = (
+            make_activation(params.resolved_final_act)
+            if params.loss not in ("cross-entropy", "xe_logit")
+            else _identity
+        )
+        self.dense = [p for p in net.parameters() if all(p is not t for t in net.item_tables)]
+        self.state: State = net.initial_state(params.batch_size)
+        self.skipped = 0
+
+    def __call__(self, batch: SessionBatch) -> tuple[torch.Tensor, int]:
+        net, params = self.net, self.params
+        state = self.state
+        if batch.reset is not None:
+            state = [h.masked_fill(batch.reset.unsqueeze(1), 0.0) for h in state]
+        if batch.keep is not None:
+            state = [h.index_select(0, batch.keep) for h in state]
+        inputs, targets = batch.inputs, batch.targets
+        n_rows = len(inputs)
+        samples = self.sampler.next() if self.sampler is not None else None
+        if n_rows + (0 if samples is None else len(samples)) < 2:  # no negative at all
+            self.state, self.skipped = state, self.skipped + 1
+            return torch.zeros((), device=inputs.device), 0
+        outputs = targets if samples is None else torch.cat([targets, samples])
+
+        # Item rows enter the graph as leaves: the input rows [B, D] and, for the output, one
+        # row per unique item [U, H] (duplicated samples share a row). After backward, the
+        # gradients are summed per unique row: the reference's coalesced sparse gradient.
+        x_leaf = net.input_table.detach().index_select(0, inputs).requires_grad_()
+        if net.mode == "shared":  # inputs and outputs read the same table: one set of rows
+            rows, inverse = torch.unique(torch.cat([inputs, outputs]), return_inverse=True)
+            x_inverse, out_inverse = inverse[:n_rows], inverse[n_rows:]
+            bias_rows, bias_inverse = torch.unique(outputs, return_inverse=True)
+        else:
+            rows, out_inverse = torch.unique(outputs, return_inverse=True)
+            bias_rows, bias_inverse = rows, out_inverse
+        out_leaf = net.Wy.detach().index_select(0, rows).requires_grad_()
+        bias_leaf = net.By.detach().index_select(0, bias_rows).requires_grad_()
+
+        h, new_state = net.hidden_step(x_leaf, state, training=True, generator=self.generator)
+        scores = torch.mm(h, out_leaf.T).index_select(1, out_inverse)
+        scores = scores + bias_leaf.index_select(0, bias_inverse)  # [B, B + n_sample]
+        loss = self._loss(scores, targets, samples)
+
+        self.optimizer.zero_grad()
+        loss.backward()
+        row_grads = [(net.By, bias_rows, bias_leaf.grad)]
+        if net.mode == "shared":
+            out_grad = out_leaf.grad.index_add_(0, x_inverse, x_leaf.grad)
+            row_grads.append((net.Wy, rows, out_grad))
+        else:
+            in_rows, in_inverse = torch.unique(inputs, return_inverse=True)
+            in_grad = x_leaf.grad.new_zeros(len(in_rows), x_leaf.shape[1])
+            in_grad.index_add_(0, in_inverse, x_leaf.grad)
+            row_grads += [(net.input_table, in_rows, in_grad), (net.Wy, rows, out_leaf.grad)]
+        if params.grad_cap > 0:
+            grads = [p.grad for p in self.dense if p.grad is not None]
+            clip_grad_norm(grads + [g for _, _, g in row_grads], params.grad_cap)
+        self.optimizer.step()
+        for table, table_rows, grad in row_grads:
+            self.optimizer.step_rows(table, table_rows, grad)
+        self.state = [s.detach() for s in new_state]
+        return loss.detach(), n_rows
+
+    def _loss(
+        self, scores: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor | None
+    ) -> torch.Tensor:
+        p = self.params
+        if p.loss in ("cross-entropy", "xe_logit"):
+            correction = None
+            if p.logq > 0:
+                correction = logq_correction(
+                    self.log_support, targets, samples, p.logq, p.sample_alpha
+                )
+            fn = cross_entropy_loss if p.loss == "cross-entropy" else xe_logit_loss
+            return fn(scores, p.batch_size, correction)
+        scores = self.final_activation(scores)
+        if p.loss == "bpr-max":
+            return bpr_max_loss(scores, p.batch_size, p.bpreg)
+        if p.loss == "top1-max":
+            return top1_max_loss(scores, p.batch_size)
+        if p.loss == "top1":
+            return top1_loss(scores, p.batch_size)
+        return bpr_loss(scores, p.batch_size)
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+class GRU4Rec:
+    """The trainable GRU4Rec model; implements :class:`~recsys_pipeline.models.base.NextItemModel`.
+
+    Args:
+        params: hyperparameters (default: the reference defaults).
+        **overrides: parameter values replacing those of ``params``.
+    """
+
+    def __init__(self, params: GRU4RecParams | None = None, **overrides: Any) -> None:
+        params = params or GRU4RecParams()
+        self.params = dataclasses.replace(params, **overrides) if overrides else params
+        self.item_ids: np.ndarray = np.empty(0, dtype=np.int64)
+        self.net: GRU4RecNetwork | None = None
+        self.history: list[EpochStats] = []
+        self._device = resolve_device(self.params.device)
+
+    # -- NextItemModel -----------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def initial_state(self, batch_size: int) -> State:
+        """Zero hidden states, one ``[batch_size, H_l]`` per layer."""
+        return self._network().initial_state(batch_size)
+
+    def reset_state(self, state: State, finished: torch.Tensor) -> State:
+        """Zero the slots where ``finished [B]`` (bool) is True."""
+        mask = finished.to(self._device).unsqueeze(1)
+        return [h.masked_fill(mask, 0.0) for h in state]
+
+    def keep_state(self, state: State, keep: torch.Tensor) -> State:
+        """Keep the slots ``keep [B']`` (long indices)."""
+        keep = keep.to(self._device)
+        return [h.index_select(0, keep) for h in state]
+
+    @torch.no_grad()
+    def step(self, items: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Feed ``items [B]``; returns the query (last layer output ``[B, H]``) and new state."""
+        net = self._network()
+        x = net.input_table.index_select(0, items.to(self._device))
+        return net.hidden_step(x, state, training=False)
+
+    @torch.no_grad()
+    def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Scores ``[B, stop - start]`` of items ``start .. stop - 1`` (``h . Wy + By``)."""
+        return self._network().score(query, start, stop)
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(
+        self,
+        train: pl.DataFrame | SessionData,
+        *,
+        session_key: str = "SessionId",
+        item_key: str = "ItemId",
+        time_key: str = "Time",
+        progress: bool = True,
+        callback: Callable[[EpochStats], None] | None = None,
+    ) -> Self:
+        """Train from scratch on ``train`` (one row per event, or prepared :class:`SessionData`).
+
+        The item vocabulary is the set of training items (ascending raw ids). ``callback`` is
+        called after every epoch with its :class:`EpochStats` (e.g. for pruning).
+
+        Raises:
+            FloatingPointError: the loss became NaN/inf (the model is left untrained).
+        """
+        p = self.params
+        data = (
+            train
+            if isinstance(train, SessionData)
+            else sessions_from_frame(
+                train, session_key=session_key, item_key=item_key, time_key=time_key
+            )
+        )
+        if data.n_targets == 0:
+            raise ValueError("no training targets: every session has fewer than 2 events")
+        device = self._device
+        self.item_ids = data.item_ids
+        init_generator = torch.Generator().manual_seed(p.seed)
+        device_generator = torch.Generator(device=device).manual_seed(p.seed + 1)
+        net = GRU4RecNetwork(data.n_items, p)
+        net.reset_parameters(p.sigma, p.init_as_normal, init_generator)
+        self.net = net.to(device)
+        self.history = []
+
+        support = data.support()
+        sampler = None
+        if p.n_sample > 0:
+            store = p.sample_store_size
+            if device.type == "cpu":
+                store = min(store, _CPU_SAMPLE_STORE)
+            sampler = NegativeSampler(
+                support,
+                p.n_sample,
+                p.sample_alpha,
+                store_size=store,
+                device=device,
+                generator=device_generator,
+            )
+        log_support = torch.log(torch.as_tensor(np.maximum(support, 1), dtype=torch.float32))
+        optimizer = IndexedAdagradM(
+            net.parameters(), lr=p.learning_rate, momentum=p.momentum, lmbd=p.lmbd, adapt=p.adapt
+        )
+        step = _TrainStep(net, p, optimizer, sampler, log_support.to(device), device_generator)
+        iterator = SessionParallelIterator(data.items, data.offsets, p.batch_size, device=device)
+        base_order = data.session_order(p.time_sort)
+        order_rng = np.random.default_rng(p.seed + 2)
+        logger.info(
+            "GRU4Rec: %d items, %d sessions, %d targets/epoch, device %s, %s",
+            data.n_items,
+            data.n_sessions,
+            iterator.n_targets,
+            device,
+            p.to_string(),
+        )
+        for epoch in range(1, p.n_epochs + 1):
+            order = order_rng.permutation(base_order) if p.train_random_order else base_order
+            plan = iterator.plan(order)
+            step.state = net.initial_state(plan.n_slots)
+            try:
+                stats = run_epoch(
+                    iterator.epoch(order),
+                    step,
+                    epoch=epoch,
+                    device=device,
+                    total=plan.n_steps,
+                    progress=progress,
+                    desc="GRU4Rec",
+                )
+            except FloatingPointError:
+                self.net = None  # never leave a diverged model behind
+                raise
+            self.history.append(stats)
+            if callback is not None:
+                callback(stats)
+        if step.skipped:
+            logger.warning("%d mini-batches without any negative were skipped", step.skipped)
+        return self
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``weights.pt`` (state_dict), ``params.json``, ``item_ids.json`` and
+        ``history.json`` into the directory ``path``."""
+        net = self._network()
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), directory / "weights.pt")
+        (directory / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+        ids = self.item_ids
+        dtype = ids.dtype.str if ids.dtype.kind in "iub" else "str"
+        (directory / "item_ids.json").write_text(
+            json.dumps(
+                {"dtype": dtype, "ids": [x if dtype != "str" else str(x) for x in ids.tolist()]}
+            )
+        )
+        (directory / "history.json").write_text(
+            json.dumps([s.to_dict() for s in self.history], indent=2)
+        )
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> GRU4Rec:
+        """Load a model written by :meth:`save` (weights with ``weights_only=True``)."""
+        directory = Path(path)
+        params = GRU4RecParams.from_dict(json.loads((directory / "params.json").read_text()))
+        if device is not None:
+            params = dataclasses.replace(params, device=str(device))
+        model = cls(params)
+        stored = json.loads((directory / "item_ids.json").read_text())
+        model.item_ids = np.asarray(stored["ids"], dtype=stored["dtype"])
+        net = GRU4RecNetwork(len(model.item_ids), params)
+        state_dict = torch.load(
+            directory / "weights.pt", map_location=model.device, weights_only=True
+        )
+        net.load_state_dict(state_dict)
+        model.net = net.to(model.device)
+        history = directory / "history.json"
+        if history.exists():
+            model.history = [
+                EpochStats(**{k: v for k, v in s.items() if k in EpochStats.__dataclass_fields__})
+                for s in json.loads(history.read_text())
+            ]
+        return model
+
+    def to(self, device: str | torch.device) -> Self:
+        """Move the model to ``device``."""
+        self._device = resolve_device(device)
+        if self.net is not None:
+            self.net.to(self._device)
+        return self
+
+    def item_index(self, ids: np.ndarray | pl.Series | list[Any]) -> np.ndarray:
+        """Item indices ``[n]`` of raw ids (``-1`` for ids outside the vocabulary)."""
+        vocab = pl.Series(self.item_ids)
+        series = pl.Series(ids) if not isinstance(ids, pl.Series) else ids
+        index = series.cast(vocab.dtype, strict=False).replace_strict(
+            vocab, pl.int_range(len(vocab), dtype=pl.Int64, eager=True), default=-1
+        )
+        return index.to_numpy(writable=True)
+
+    def _network(self) -> GRU4RecNetwork:
+        if self.net is None:
+            raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
+        return self.net
