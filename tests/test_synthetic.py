@@ -428,3 +428,20 @@ def test_invalid_config(kwargs: dict[str, float]) -> None:
 def test_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format"):
         write_raw("movielens", tmp_path, TINY)
+
+
+def test_second_order_signal_follows_the_view_two_steps_back():
+    """p_skip: the third view onwards follows the successors of the view two steps back."""
+    import numpy as np
+
+    config = SyntheticConfig(n_events=60_000, n_items=300, p_follow=0.0, p_skip=0.9, seed=5)
+    events, truth = generate_events(config)
+    views = events.filter(pl.col("event") == "view").sort("session", "ts_ms")
+    items = views["item"].to_numpy()
+    sess = views["session"].to_numpy()
+    same = (sess[2:] == sess[1:-1]) & (sess[1:-1] == sess[:-2])
+    hits = [items[i + 2] in truth.successor_index[items[i]] for i in np.flatnonzero(same)]
+    assert np.mean(hits) > 0.85  # 0.9 skip mass plus popularity's share of those successors
+    dist = truth.next_item_probs(truth.item_ids[0], before=truth.item_ids[1])
+    assert dist.sum() == pytest.approx(1.0)
+    assert dist[truth.successor_index[1]].sum() >= 0.9 - 1e-9

@@ -129,3 +129,68 @@ class AtomicJSONDataset(JSONDataset):
             args,
         )
         self._invalidate_cache()
+
+
+class GRU4RecModelDataset(AbstractVersionedDataset):
+    """A trained model as a folder: weights (state dict, loaded with ``weights_only=True``) and JSON.
+
+    ``save`` writes to a temporary sibling folder and renames it, then (``log_to_mlflow``) logs
+    the folder as artifacts of the active MLflow run under ``artifact_path``. Never a pickle.
+
+    Args:
+        filepath: The folder, e.g. ``data/06_models/diginetica/gru4rec``.
+        model: ``gru4rec``, ``most_popular`` or ``last_item_cooccurrence`` (the class to load).
+        log_to_mlflow: Log the saved folder to the active MLflow run, if there is one.
+        artifact_path: Where in the run's artifacts.
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        model: str = "gru4rec",
+        log_to_mlflow: bool = True,
+        artifact_path: str = "model",
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(filepath=PurePosixPath(filepath), version=version)
+        self._model = model
+        self._log_to_mlflow = log_to_mlflow
+        self._artifact_path = artifact_path
+        self.metadata = metadata
+
+    def _model_class(self) -> Any:
+        from recsys_pipeline.models import baselines, gru4rec
+
+        classes = {
+            "gru4rec": gru4rec.GRU4Rec,
+            "most_popular": baselines.MostPopular,
+            "last_item_cooccurrence": baselines.LastItemCooccurrence,
+        }
+        return classes[self._model]
+
+    def load(self) -> Any:
+        return self._model_class().load(str(self._get_load_path()))
+
+    def save(self, data: Any) -> None:
+        target = Path(str(self._get_save_path()))
+        staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        data.save(str(staging))
+        staging.rename(target)
+        if self._log_to_mlflow:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_artifacts(str(target), artifact_path=self._artifact_path)
+
+    def _exists(self) -> bool:
+        try:
+            return Path(str(self._get_load_path())).is_dir()
+        except DatasetError:
+            return False
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "model": self._model}

@@ -12,8 +12,15 @@ from kedro.pipeline import Pipeline
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Discovered pipelines plus ``__default__``: synthetic data -> preprocess -> validate -> report."""
+    """Discovered pipelines plus ``__default__``.
+
+    The default: synthetic data -> preprocess -> validate -> GRU4Rec (and baselines) on it.
+    """
     pipelines = find_pipelines(raise_errors=True)
-    if {"synthetic", "preprocess_synthetic"} <= pipelines.keys():
-        pipelines["__default__"] = pipelines["synthetic"] + pipelines["preprocess_synthetic"]
+    if {"synthetic", "preprocess_synthetic", "train_gru4rec"} <= pipelines.keys():
+        pipelines["__default__"] = (
+            pipelines["synthetic"]
+            + pipelines["preprocess_synthetic"]
+            + pipelines["train_gru4rec"].only_nodes_with_namespaces(["synthetic"])
+        )
     return pipelines

@@ -197,7 +197,12 @@ class SyntheticConfig:
         seed: Non-negative seed of every random draw.
         zipf_exponent: Exponent of the Zipf-like item popularity.
         n_successors: Successor items per item in the transition structure.
-        p_follow: Probability that the next view follows the transition structure.
+        p_follow: Probability that the next view follows the transition structure of the
+            previous view.
+        p_skip: Probability that the next view follows the transition structure of the view
+            *two* steps back (a second-order signal that a last-item model cannot see; from the
+            third view of a session on; 0 disables it). ``p_follow + p_skip <= 1``; the rest
+            of the mass goes to popularity.
         mean_session_length: Mean number of views per session (>= 1).
         other_event_rate: Share of non-view events among all events, in ``[0, 1)``.
     """
@@ -211,6 +216,7 @@ class SyntheticConfig:
     zipf_exponent: float = 1.1
     n_successors: int = 3
     p_follow: float = 0.8
+    p_skip: float = 0.0
     mean_session_length: float = 5.0
     other_event_rate: float = 0.1
 
@@ -232,6 +238,8 @@ class SyntheticConfig:
             raise ValueError(f"n_days must be >= 1, got {self.n_days}")
         if not 0.0 <= self.p_follow <= 1.0:
             raise ValueError(f"p_follow must be in [0, 1], got {self.p_follow}")
+        if self.p_skip < 0.0 or self.p_follow + self.p_skip > 1.0:
+            raise ValueError(f"p_skip must be >= 0 with p_follow + p_skip <= 1, got {self.p_skip}")
         if self.mean_session_length < 1.0:
             raise ValueError(f"mean_session_length must be >= 1, got {self.mean_session_length}")
         if not 0.0 <= self.other_event_rate < 1.0:
@@ -250,7 +258,8 @@ class GroundTruth:
     Attributes:
         successors: ``[n_items, n_successors]`` raw ids of each item's successors.
         probs: ``[n_items, n_successors]`` successor probabilities (rows sum to 1, descending).
-        p_follow: Probability that a transition follows ``successors`` / ``probs``.
+        p_follow: Probability that a transition follows ``successors`` / ``probs`` of the
+            previous item.
         popularity: ``[n_items]`` probability of each item under the popularity component.
         item_ids: ``[n_items]`` raw id of each internal index (int64, or str for coveo).
         successor_index: ``[n_items, n_successors]`` internal indices of the successors.
@@ -262,6 +271,8 @@ class GroundTruth:
     popularity: np.ndarray
     item_ids: np.ndarray
     successor_index: np.ndarray = field(repr=False)
+    #: probability that a transition follows the successors of the item two steps back
+    p_skip: float = 0.0
 
     @cached_property
     def _index(self) -> dict[Any, int]:
@@ -276,11 +287,19 @@ class GroundTruth:
         """Internal index of a raw item id (raises ``KeyError`` for unknown ids)."""
         return self._index[item.item() if isinstance(item, np.generic) else item]
 
-    def next_item_probs(self, item: Any) -> np.ndarray:
-        """``P(next = item_ids[j] | prev = item)`` for every internal index ``j`` (sums to 1)."""
+    def next_item_probs(self, item: Any, before: Any | None = None) -> np.ndarray:
+        """``P(next = item_ids[j] | prev = item, the one before = before)`` for every ``j``.
+
+        Without ``before`` (a session's second view, or ``p_skip == 0``) the skip component
+        follows ``item`` too, as the generator does at a session's second view.
+        """
         idx = self.index_of(item)
-        dist = (1.0 - self.p_follow) * self.popularity
-        dist[self.successor_index[idx]] += self.p_follow * self.probs[idx]
+        dist = (1.0 - self.p_follow - self.p_skip) * self.popularity
+        follow = self.p_follow + (self.p_skip if before is None else 0.0)
+        dist[self.successor_index[idx]] += follow * self.probs[idx]
+        if before is not None and self.p_skip > 0:
+            back = self.index_of(before)
+            np.add.at(dist, self.successor_index[back], self.p_skip * self.probs[back])
         return dist
 
     def next_item_distribution(self, item: Any, min_prob: float = 0.0) -> dict[Any, float]:
@@ -431,6 +450,7 @@ def _ground_truth(config: SyntheticConfig, item_ids: np.ndarray) -> GroundTruth:
         popularity=popularity,
         item_ids=item_ids,
         successor_index=successors,
+        p_skip=config.p_skip,
     )
 
 
@@ -598,18 +618,30 @@ def _draw_items(
     neg_len = -sorted_len
     prev = pop.draw(rng, by_len.size)
     items[sorted_off] = prev
+    prev2 = prev.copy()  # the view two steps back (unused before the third view)
+
+    def successor_of(sources: np.ndarray) -> np.ndarray:
+        slot = (rng.random(sources.size)[:, None] >= succ_cdf[sources]).sum(axis=1)
+        return successors[sources, np.minimum(slot, k - 1)]
+
     for pos in range(1, int(sorted_len[0])):
         n_active = int(np.searchsorted(neg_len, -pos, side="left"))  # sessions longer than pos
         cur = prev[:n_active]
-        follow = rng.random(n_active) < config.p_follow
+        u = rng.random(n_active)
+        follow = u < config.p_follow
+        skip = (u >= config.p_follow) & (u < config.p_follow + config.p_skip)
+        if pos == 1:  # no view two steps back yet: the skip mass follows the previous view
+            follow |= skip
+            skip[:] = False
         nxt = np.empty(n_active, dtype=np.int64)
         f_idx = np.flatnonzero(follow)
-        f_items = cur[f_idx]
-        slot = (rng.random(f_idx.size)[:, None] >= succ_cdf[f_items]).sum(axis=1)
-        nxt[f_idx] = successors[f_items, np.minimum(slot, k - 1)]
-        p_idx = np.flatnonzero(~follow)
+        nxt[f_idx] = successor_of(cur[f_idx])
+        s_idx = np.flatnonzero(skip)
+        nxt[s_idx] = successor_of(prev2[:n_active][s_idx])
+        p_idx = np.flatnonzero(~(follow | skip))
         nxt[p_idx] = pop.draw(rng, p_idx.size)
         items[sorted_off[:n_active] + pos] = nxt
+        prev2 = cur
         prev = nxt
     return items
 

@@ -65,19 +65,18 @@ def versions(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
 
 
-def test_default_pipeline_versions_and_load_versions(project: Path):
-    run(
-        project,
-        "__default__",
-        session={"runtime_params": {"synthetic": {"config": {"n_events": 20000}}}},
-    )
+def run_synthetic(project: Path, config: dict) -> None:
+    """Generate and preprocess synthetic data (the default run, without training)."""
+    session = {"runtime_params": {"synthetic": {"config": config}}}
+    run(project, "synthetic", session=session)
+    run(project, "preprocess_synthetic", session=session)
+
+
+def test_versions_and_load_versions(project: Path):
+    run_synthetic(project, {"n_events": 20000})
     first_raw = versions(project / "data/01_raw/synthetic/raw")
     first_stats = catalog(project).load("synthetic.stats")
-    run(
-        project,
-        "__default__",
-        session={"runtime_params": {"synthetic": {"config": {"n_events": 25000, "seed": 9}}}},
-    )
+    run_synthetic(project, {"n_events": 25000, "seed": 9})
     raw_versions = versions(project / "data/01_raw/synthetic/raw")
     assert len(raw_versions) == 2 and raw_versions[0] == first_raw[0]
     split_versions = versions(project / "data/05_model_input/synthetic/train_full.parquet")

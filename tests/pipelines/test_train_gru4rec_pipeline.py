@@ -1,0 +1,44 @@
+"""The default run (synthetic -> preprocess -> GRU4Rec) end to end through a KedroSession."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from tests.pipelines.conftest import catalog, run
+
+TINY = {
+    "synthetic": {"config": {"n_events": 20000, "n_items": 300, "n_users": 2000}},
+    "gru4rec": {"synthetic": {"layers": [32], "n_epochs": 1, "n_sample": 64, "batch_size": 32}},
+}
+
+
+def test_default_run_trains_evaluates_reports_and_recommends(project: Path):
+    run(project, "__default__", session={"runtime_params": TINY})
+    cat = catalog(project)
+    model = cat.load("synthetic.gru4rec_model")
+    assert model.n_items == cat.load("synthetic.train_full")["ItemId"].n_unique()
+    metrics = cat.load("synthetic.gru4rec_metrics")
+    assert set(metrics) == {"gru4rec", "most_popular", "last_item_cooccurrence"}
+    for values in metrics.values():
+        assert 0 <= values["mrr@20"] <= values["recall@20"] <= 1 and values["n_targets"] > 0
+    history = cat.load("synthetic.gru4rec_history")
+    assert len(history) == 1 and history[0]["loss"] > 0
+    reports = project / "data" / "08_reporting" / "synthetic"
+    assert list(reports.glob("gru4rec_loss_curve.png/*/gru4rec_loss_curve.png"))
+    assert list(reports.glob("gru4rec_metrics.png/*/gru4rec_metrics.png"))
+    top = cat.load("synthetic.gru4rec_recommendations")
+    assert top.columns == ["SessionId", "rank", "ItemId", "score"]
+    per_session = top.group_by("SessionId").agg(
+        pl.len(), pl.col("score").is_sorted(descending=True)
+    )
+    assert per_session["len"].unique().to_list() == [20] and per_session["score"].all()
+    # the model folder holds weights and JSON, no pickle
+    folder = next((project / "data/06_models/synthetic/gru4rec").glob("*/gru4rec"))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "history.json",
+        "item_ids.json",
+        "params.json",
+        "weights.pt",
+    ]
