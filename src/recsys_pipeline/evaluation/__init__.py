@@ -1,6 +1,6 @@
 """Full-ranking next-item evaluation shared by every model (no Kedro imports).
 
-``evaluate(model, test, ...)`` runs the protocol of ``/work/shared/spec/evaluation.md``;
+``evaluate(model, test, ...)`` runs the protocol of ``shared/spec/evaluation.md`` (next to the checkout);
 ``rank_of_targets`` / ``rank_from_counts`` / ``count_higher_equal`` give the ranks under every tie
 mode of ``TIE_MODES``; ``metrics_from_ranks`` turns ranks into Recall@k, MRR@k and NDCG@k.
 """

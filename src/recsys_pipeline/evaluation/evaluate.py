@@ -1,6 +1,6 @@
 """Full-ranking next-item evaluation shared by every next-item model (``NextItemModel``).
 
-Protocol (``/work/shared/spec/evaluation.md``):
+Protocol (``shared/spec/evaluation.md`` (next to the checkout)):
 
 1. Raw ``ItemId`` values of the test frame are mapped to model indices through ``model.item_ids``.
    Test events whose item the model does not know are removed, which *bridges* the session: in
