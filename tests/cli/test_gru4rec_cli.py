@@ -5,6 +5,7 @@ of bad command lines and bad data, and that Kedro still finds its own ``run`` co
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -32,6 +33,18 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n_threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_log_handlers():
+    """A CLI process starts with no log handlers; Kedro tests run earlier in this process leave
+    root handlers that print to stdout (conf/logging.yml), which would mix logs into the
+    result lines. Keep only pytest's own capture handlers while a CLI test runs."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [h for h in saved if type(h).__module__.startswith("_pytest")]
+    yield
+    root.handlers = saved
 
 
 def _events(n_sessions: int, seed: int, first_session: int = 0) -> pl.DataFrame:
