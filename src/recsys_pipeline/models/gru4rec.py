@@ -39,6 +39,16 @@ loss summed over rows and divided by ``batch_size``, and Adagrad with momentum u
 touched rows of the item tables (:mod:`recsys_pipeline.training.optim`). Item rows are gathered
 once per step for the unique items of the step (inputs, targets and samples), so duplicates share
 one row and their gradients are summed exactly as the reference's coalesced sparse gradients.
+
+How a step is computed (:class:`_TrainStep`; same loss, same gradients, same updates as the
+plain autograd formulation, checked against it in the tests and, step by step in float64, by
+``benchmarks/gru4rec_train_equivalence.py``): the forward pass runs without autograd; the output
+layer scores the ``U`` unique items once (``[B, U]``); autograd differentiates only the loss
+with respect to these scores (bpr-max and cross-entropy without logQ are computed on the ``U``
+distinct columns, each weighted by how often it occurs among the ``B + n_sample`` loss
+columns, which is the same sum; the other losses read their ``[B, B + n_sample]`` columns); the
+rest of the backward pass is written out (GEMMs into reused gradient buffers, the fused gate
+gradients), and each dense parameter is updated as soon as its gradient is complete.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import polars as pl
@@ -365,12 +375,53 @@ def cross_entropy_loss(
     scores: torch.Tensor, batch_size: int, correction: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Softmax over each row (once), ``-log(p_target + 1e-24)``; ``correction [N]`` (logQ) is
-    subtracted from the columns first."""
+    subtracted from the columns first.
+
+    One autograd node with a hand-written backward (see :class:`_CrossEntropy`)."""
     if correction is not None:
         scores = scores - correction
-    exp = torch.exp(scores - scores.detach().max(dim=1, keepdim=True).values)
-    p_target = exp.diagonal() / exp.sum(dim=1)
-    return -torch.log(p_target + 1e-24).sum() / batch_size
+    return _CrossEntropy.apply(scores, None, None) / batch_size
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Sum over rows of ``-log(p_t + eps)``, ``p = softmax(row)``, target of row ``i`` in column
+    ``i``. With ``q = softmax(row)`` and ``k = p_t / (p_t + eps)`` the gradient is
+    ``d/d s_j = k * (q_j - [j == t])``: one pass over the saved exponentials instead of the
+    half a dozen full-size nodes of the autograd formulation.
+
+    Grouped form (``target``, ``count`` given, as in :class:`_BPRMax`): column ``u`` stands for
+    ``count[u]`` identical loss columns and ``target[i]`` holds row ``i``'s target; the softmax
+    mass of column ``u`` is ``count[u] * q_u`` and its gradient ``k * (count[u] q_u - [u == t])``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, scores: torch.Tensor, target: torch.Tensor | None, count: torch.Tensor | None
+    ) -> torch.Tensor:
+        if target is None:
+            exp = torch.sub(scores, scores.amax(dim=1, keepdim=True)).exp_()
+            total = exp.sum(dim=1)
+            p_target = exp.diagonal() / total
+        else:
+            logits = torch.add(scores, torch.log(count.to(scores.dtype)))  # log 0 = -inf
+            top = logits.amax(dim=1, keepdim=True)
+            exp = logits.sub_(top).exp_()  # count * exp(s - max)
+            total = exp.sum(dim=1)
+            rows = torch.arange(len(target), device=scores.device)
+            p_target = torch.exp(scores[rows, target] - top.squeeze(1)) / total
+        ctx.save_for_backward(exp, total, p_target, target)
+        return -torch.log(p_target + 1e-24).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        exp, total, p_target, target = ctx.saved_tensors
+        coef = grad * p_target / (p_target + 1e-24)  # [B]
+        out = exp * (coef / total).unsqueeze(1)  # k * q (times the count)
+        if target is None:
+            out.diagonal().sub_(coef)
+        else:
+            out[torch.arange(len(target), device=out.device), target] -= coef
+        return out, None, None
 
 
 def xe_logit_loss(
@@ -382,13 +433,14 @@ def xe_logit_loss(
     return (torch.logsumexp(scores, dim=1) - scores.diagonal()).sum() / batch_size
 
 
-def _target_mask(scores: torch.Tensor) -> torch.Tensor:
-    return torch.eye(*scores.shape, dtype=torch.bool, device=scores.device)
+_CROSS_ENTROPY = cross_entropy_loss  # the built-in one (see _TrainStep._loss)
 
 
 def _softmax_negatives(scores: torch.Tensor) -> torch.Tensor:
     """Softmax of each row over its negatives only: the target column gets weight 0."""
-    return torch.softmax(scores.masked_fill(_target_mask(scores), -math.inf), dim=1)
+    masked = scores.clone()
+    masked.diagonal().fill_(-math.inf)  # the target of row i is column i
+    return torch.softmax(masked, dim=1)
 
 
 def bpr_max_loss(scores: torch.Tensor, batch_size: int, bpreg: float) -> torch.Tensor:
@@ -399,43 +451,77 @@ def bpr_max_loss(scores: torch.Tensor, batch_size: int, bpreg: float) -> torch.T
     One autograd node with a hand-written backward (see :class:`_BPRMax`): the loss is the
     hottest element-wise part of a bpr-max step.
     """
-    return _BPRMax.apply(scores, bpreg) / batch_size
+    return _BPRMax.apply(scores, bpreg, None, None) / batch_size
 
 
 class _BPRMax(torch.autograd.Function):
-    """Sum over rows of the BPR-max loss of ``r [B, N]`` (target of row ``i`` in column ``i``).
+    """Sum over rows of the BPR-max loss of ``r [B, C]``.
+
+    Plain form (``target`` and ``count`` None): ``C = N`` columns, the target of row ``i`` in
+    column ``i``, every other column a negative. Grouped form: the ``N`` loss columns are given
+    as ``C`` distinct columns, column ``u`` standing for ``count[u]`` identical loss columns
+    (duplicated samples, targets also drawn as samples), ``target[i]`` holding row ``i``'s
+    target; for row ``i`` every occurrence but the target's own is a negative, so the softmax
+    over the negatives is ``softmax(r + log(multiplicity))`` with multiplicity ``count[u]``,
+    ``count[target[i]] - 1`` at the target (0 -> weight 0). Sums over the loss columns become
+    sums over ``C`` columns weighted by it, which is the same loss and gradient (summed per
+    distinct column) without materialising ``[B, N]``.
 
     With ``w`` the softmax over the negatives, ``sg_j = sigmoid(r_t - r_j)``,
     ``A = sum_j w_j sg_j`` and ``Q = sum_j w_j r_j^2``, the row loss is
-    ``-log(A + eps) + bpreg * Q`` and (softmax rule: ``d sum_k w_k f_k / d r_j = w_j (f_j - F)``)::
+    ``-log(A + eps) + bpreg * Q`` and (softmax rule: ``d sum_k w_k f_k / d r_j = w_j (f_j - F)``;
+    ``sg_j - sg_j (1 - sg_j) = sg_j^2``)::
 
-        d/d r_j = -1/(A + eps) * w_j * (sg_j - A - sg_j (1 - sg_j)) + bpreg * w_j * (r_j^2 - Q + 2 r_j)
-        d/d r_t = -1/(A + eps) * sum_j w_j sg_j (1 - sg_j)
+        d/d r_j = -1/(A + eps) * w_j * (sg_j^2 - A) + bpreg * w_j * (r_j^2 + 2 r_j - Q)
+        d/d r_t = -1/(A + eps) * sum_j w_j sg_j (1 - sg_j) = -1/(A + eps) * (A - sum_j w_j sg_j^2)
+
+    (the target's own occurrence; in the grouped form its other occurrences add the first line).
     """
 
     @staticmethod
-    def forward(ctx: Any, scores: torch.Tensor, bpreg: float) -> torch.Tensor:  # type: ignore[override]
-        weights = _softmax_negatives(scores)
-        sig = torch.sigmoid(scores.diagonal().unsqueeze(1) - scores)
-        ranking = torch.mul(weights, sig).sum(dim=1)  # A [B]
-        regulariser = (weights * scores * scores).sum(dim=1)  # Q [B]
-        ctx.save_for_backward(scores, weights, sig, ranking, regulariser)
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        scores: torch.Tensor,
+        bpreg: float,
+        target: torch.Tensor | None,
+        count: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if target is None:
+            own = scores.diagonal()  # the target's own column: row i, column i
+            masked = scores.clone()
+            masked.diagonal().fill_(-math.inf)
+        else:
+            rows = torch.arange(len(target), device=scores.device)
+            own = scores[rows, target]
+            log_count = torch.log(count.to(scores.dtype))  # log 0 = -inf: no weight
+            masked = torch.add(scores, log_count)
+            masked[rows, target] = own + torch.log(count[target].to(scores.dtype) - 1.0)
+        weights = torch.softmax(masked, dim=1)  # over the negatives (with multiplicity)
+        sig = torch.sub(own.unsqueeze(1), scores, out=masked).sigmoid_()
+        ranking = torch.linalg.vecdot(weights, sig)  # A [B]
+        regulariser = torch.linalg.vecdot(weights * scores, scores)  # Q [B]
+        ctx.save_for_backward(scores, weights, sig, ranking, regulariser, target)
         ctx.bpreg = bpreg
         return (bpreg * regulariser - torch.log(ranking + 1e-24)).sum()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        scores, weights, sig, ranking, regulariser = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        scores, weights, sig, ranking, regulariser, target = ctx.saved_tensors
         bpreg = ctx.bpreg
-        inv = (-1.0 / (ranking + 1e-24)).unsqueeze(1)  # [B, 1]
-        w_sig_slope = weights * sig * (1.0 - sig)  # w_j sg_j (1 - sg_j)
-        # ranking part: inv * w (sg - A) - inv * w sg (1 - sg)
-        out = torch.sub(sig, ranking.unsqueeze(1)).mul_(weights).sub_(w_sig_slope).mul_(inv)
+        inv = -1.0 / (ranking + 1e-24)  # [B]
+        out = sig * sig  # sg^2
+        slope = ranking - torch.linalg.vecdot(weights, out)  # sum_j w_j sg_j (1 - sg_j)
+        out.sub_(ranking.unsqueeze(1)).mul_(inv.unsqueeze(1))  # inv (sg^2 - A)
         if bpreg:
             reg = torch.add(scores, 2.0).mul_(scores).sub_(regulariser.unsqueeze(1))
-            out.addcmul_(reg, weights, value=bpreg)  # bpreg * w (r^2 + 2 r - Q)
-        out.diagonal().add_(inv.squeeze(1) * w_sig_slope.sum(dim=1))  # the target column
-        return out.mul_(grad), None
+            out.add_(reg, alpha=bpreg)  # + bpreg (r^2 + 2 r - Q)
+        out.mul_(weights)
+        if target is None:
+            out.diagonal().add_(inv * slope)  # the target column (its weight is 0 above)
+        else:
+            rows = torch.arange(len(target), device=out.device)
+            out[rows, target] += inv * slope
+        return out.mul_(grad), None, None, None
 
 
 def top1_max_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -466,10 +552,53 @@ def bpr_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
     """Inverted dropout: each unit is zeroed with probability ``p``, survivors scaled 1/(1-p)."""
+    mask = _dropout_mask(x, p, generator)
+    return x if mask is None else x * mask
+
+
+def _dropout_mask(
+    x: torch.Tensor, p: float, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """The factor :func:`_dropout` multiplies ``x`` with (0 or ``1/(1-p)``), ``None`` if ``p <= 0``."""
     if p <= 0.0:
-        return x
-    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
-    return x * keep.div_(1.0 - p)
+        return None
+    return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+
+
+def _gates_forward(
+    gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, activation: Activation
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h', rz, candidate)`` of a GRU step (see :class:`_GRUGates`)."""
+    size = h.shape[1]
+    rz = torch.add(gx[:, size:], gh[:, size:]).sigmoid_()
+    candidate = activation(torch.addcmul(gx[:, :size], rz[:, :size], gh[:, :size]))
+    return torch.lerp(h, candidate, rz[:, size:]), rz, candidate  # (1 - z) h + z candidate
+
+
+def _gates_backward(
+    grad: torch.Tensor,
+    rz: torch.Tensor,
+    candidate: torch.Tensor,
+    gh: torch.Tensor,
+    h: torch.Tensor,
+    activation: Activation,
+    need_h: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients ``(gx, gh, h)`` of a GRU step from the gradient ``grad [B, H]`` of ``h'``."""
+    size = h.shape[1]
+    r, z = rz[:, :size], rz[:, size:]
+    grad_gx = torch.empty_like(gh)
+    grad_gh = torch.empty_like(gh)
+    d_cand = grad_gx[:, :size]  # d loss / d (pre-activation of the candidate)
+    torch.mul(grad, z, out=d_cand).mul_(activation.grad_from_output(candidate))
+    torch.mul(d_cand, r, out=grad_gh[:, :size])
+    d_r = grad_gx[:, size : 2 * size]
+    torch.mul(d_cand, gh[:, :size], out=d_r).mul_(r * (1.0 - r))
+    d_z = grad_gx[:, 2 * size :]
+    torch.sub(candidate, h, out=d_z).mul_(grad).mul_(z * (1.0 - z))
+    grad_gh[:, size:] = grad_gx[:, size:]
+    grad_h = grad * (1.0 - z) if need_h else None
+    return grad_gx, grad_gh, grad_h
 
 
 class _GRUGates(torch.autograd.Function):
@@ -485,30 +614,30 @@ class _GRUGates(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, activation: Activation
     ) -> torch.Tensor:
-        size = h.shape[1]
-        rz = torch.add(gx[:, size:], gh[:, size:]).sigmoid_()
-        candidate = activation(torch.addcmul(gx[:, :size], rz[:, :size], gh[:, :size]))
+        out, rz, candidate = _gates_forward(gx, gh, h, activation)
         ctx.save_for_backward(rz, candidate, gh, h)
         ctx.activation = activation
-        return torch.lerp(h, candidate, rz[:, size:])  # (1 - z) * h + z * candidate
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         rz, candidate, gh, h = ctx.saved_tensors
-        size = h.shape[1]
-        r, z = rz[:, :size], rz[:, size:]
-        grad_gx = torch.empty_like(gh)
-        grad_gh = torch.empty_like(gh)
-        d_cand = grad_gx[:, :size]  # d loss / d (pre-activation of the candidate)
-        torch.mul(grad, z, out=d_cand).mul_(ctx.activation.grad_from_output(candidate))
-        torch.mul(d_cand, r, out=grad_gh[:, :size])
-        d_r = grad_gx[:, size : 2 * size]
-        torch.mul(d_cand, gh[:, :size], out=d_r).mul_(r * (1.0 - r))
-        d_z = grad_gx[:, 2 * size :]
-        torch.sub(candidate, h, out=d_z).mul_(grad).mul_(z * (1.0 - z))
-        grad_gh[:, size:] = grad_gx[:, size:]
-        grad_h = grad * (1.0 - z) if ctx.needs_input_grad[2] else None
+        grad_gx, grad_gh, grad_h = _gates_backward(
+            grad, rz, candidate, gh, h, ctx.activation, ctx.needs_input_grad[2]
+        )
         return grad_gx, grad_gh, grad_h, None
+
+
+class _LayerCache(NamedTuple):
+    """What the hand-written backward pass needs of one GRU layer's forward step."""
+
+    x: torch.Tensor  # the layer's input (after input dropout; mode *none*, layer 0: Wx rows)
+    h: torch.Tensor  # the previous state
+    gh: torch.Tensor  # h Wh
+    rz: torch.Tensor  # reset and update gates
+    candidate: torch.Tensor
+    mask_in: torch.Tensor | None  # input dropout factor (layer 0)
+    mask_out: torch.Tensor | None  # output dropout factor
 
 
 class GRULayer(nn.Module):
@@ -601,23 +730,38 @@ class GRU4RecNetwork(nn.Module):
         *,
         training: bool = False,
         generator: torch.Generator | None = None,
+        cache: list[_LayerCache] | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Feed the input rows ``x`` (``[B, D]`` embeddings; mode *none*: ``[B, 3 H0]`` rows of
-        the first ``Wx``) through the GRU layers; returns the output ``[B, H]`` and new state."""
+        the first ``Wx``) through the GRU layers; returns the output ``[B, H]`` and new state.
+
+        ``cache``: a list that receives one :class:`_LayerCache` per layer, for a hand-written
+        backward pass (:class:`_TrainStep`); call it under ``torch.no_grad()`` then."""
         new_state: State = []
         for i, layer in enumerate(self.gru):
             p_out = self.dropout_p_hidden
+            mask_in = None
             if i == 0 and self.mode == "none":
                 gx = x + layer.Bh  # one-hot input: x Wx is a row of Wx
                 p_out = self.dropout_p_embed
             else:
                 if i == 0 and training:
-                    x = _dropout(x, self.dropout_p_embed, generator)
+                    mask_in = _dropout_mask(x, self.dropout_p_embed, generator)
+                    x = x if mask_in is None else x * mask_in
                 gx = torch.addmm(layer.Bh, x, layer.Wx)
-            x = layer.cell(gx, state[i])
-            if training:
-                x = _dropout(x, p_out, generator)
-            new_state.append(x)
+            h = state[i]
+            if cache is None:
+                out = layer.cell(gx, h)
+            else:
+                gh = torch.mm(h, layer.Wh)
+                out, rz, candidate = _gates_forward(gx, gh, h, layer.activation)
+            mask_out = _dropout_mask(out, p_out, generator) if training else None
+            if mask_out is not None:
+                out = out * mask_out
+            if cache is not None:
+                cache.append(_LayerCache(x, h, gh, rz, candidate, mask_in, mask_out))
+            x = out
+            new_state.append(out)
         return x, new_state
 
     def score(self, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -629,7 +773,15 @@ class GRU4RecNetwork(nn.Module):
 
 
 class _TrainStep:
-    """One optimisation step on a :class:`SessionBatch`; holds the hidden state across steps."""
+    """One optimisation step on a :class:`SessionBatch`; holds the hidden state across steps.
+
+    The forward pass runs without autograd (:meth:`GRU4RecNetwork.hidden_step` with a cache);
+    autograd only differentiates the loss (final activation and loss, see :meth:`_loss`) with
+    respect to the ``[B, U]`` scores of the unique output items, and the rest of the backward
+    pass is written out: three GEMMs for the output layer, the fused gate gradients and three
+    GEMMs per GRU layer, with no leaf copies, no transposed-gradient copies and no gradient of
+    the (detached) previous state.
+    """
 
     def __init__(
         self,
@@ -650,6 +802,10 @@ class _TrainStep:
         self.dense = [p for p in net.parameters() if all(p is not t for t in net.item_tables)]
         self.state: State = net.initial_state(params.batch_size)
         self.skipped = 0
+        # Gradient buffers reused every step: a fresh multi-MiB tensor per step costs page
+        # faults (the allocator hands large blocks back to the OS), often more than its GEMM.
+        self._dense_grads = {id(p): torch.empty_like(p) for p in self.dense}
+        self._row_grads = torch.empty(0, net.Wy.shape[1], device=net.Wy.device)
 
     def __call__(self, batch: SessionBatch) -> tuple[torch.Tensor, int]:
         net, params = self.net, self.params
@@ -665,51 +821,132 @@ class _TrainStep:
             self.state, self.skipped = state, self.skipped + 1
             return torch.zeros((), device=inputs.device), 0
         outputs = targets if samples is None else torch.cat([targets, samples])
+        shared = net.mode == "shared"
 
-        # Item rows enter the graph as leaves: the input rows [B, D] and, for the output, one
-        # row per unique item [U, H] (duplicated samples share a row). After backward, the
-        # gradients are summed per unique row: the reference's coalesced sparse gradient.
-        x_leaf = net.input_table.detach().index_select(0, inputs).requires_grad_()
-        if net.mode == "shared":  # inputs and outputs read the same table: one set of rows
-            rows, inverse = torch.unique(torch.cat([inputs, outputs]), return_inverse=True)
-            x_inverse, out_inverse = inverse[:n_rows], inverse[n_rows:]
-            bias_rows, bias_inverse = torch.unique(outputs, return_inverse=True)
-        else:
-            rows, out_inverse = torch.unique(outputs, return_inverse=True)
-            bias_rows, bias_inverse = rows, out_inverse
-        out_leaf = net.Wy.detach().index_select(0, rows).requires_grad_()
-        bias_leaf = net.By.detach().index_select(0, bias_rows).requires_grad_()
+        with torch.no_grad():
+            # One row per unique item [U, H] (duplicated samples share a row): the output layer
+            # scores the U rows once, the loss reads its B + n_sample columns from them, and the
+            # gradients come out summed per unique row: the reference's coalesced sparse
+            # gradient. In mode shared the input rows are among them too.
+            if shared:
+                rows, inverse = torch.unique(torch.cat([inputs, outputs]), return_inverse=True)
+                x_inverse, out_inverse = inverse[:n_rows], inverse[n_rows:]
+            else:
+                rows, out_inverse = torch.unique(outputs, return_inverse=True)
+            out_rows = net.Wy.index_select(0, rows)  # [U, H]
+            bias_rows = net.By.index_select(0, rows)  # [U]
+            x = (
+                out_rows.index_select(0, x_inverse)
+                if shared
+                else net.input_table.index_select(0, inputs)
+            )
+            cache: list[_LayerCache] = []
+            h, new_state = net.hidden_step(
+                x, state, training=True, generator=self.generator, cache=cache
+            )
+            scores = torch.addmm(bias_rows, h, out_rows.T)  # [B, U]
 
-        h, new_state = net.hidden_step(x_leaf, state, training=True, generator=self.generator)
-        scores = torch.mm(h, out_leaf.T).index_select(1, out_inverse)
-        scores = scores + bias_leaf.index_select(0, bias_inverse)  # [B, B + n_sample]
-        loss = self._loss(scores, targets, samples)
+        with torch.enable_grad():
+            scores.requires_grad_()
+            loss = self._loss(scores, out_inverse, targets, samples)
+            (grad,) = torch.autograd.grad(loss, scores)
 
-        self.optimizer.zero_grad()
-        loss.backward()
-        row_grads = [(net.By, bias_rows, bias_leaf.grad)]
-        if net.mode == "shared":
-            out_grad = out_leaf.grad.index_add_(0, x_inverse, x_leaf.grad)
-            row_grads.append((net.Wy, rows, out_grad))
-        else:
-            in_rows, in_inverse = torch.unique(inputs, return_inverse=True)
-            in_grad = x_leaf.grad.new_zeros(len(in_rows), x_leaf.shape[1])
-            in_grad.index_add_(0, in_inverse, x_leaf.grad)
-            row_grads += [(net.input_table, in_rows, in_grad), (net.Wy, rows, out_leaf.grad)]
-        if params.grad_cap > 0:
-            grads = [p.grad for p in self.dense if p.grad is not None]
-            clip_grad_norm(grads + [g for _, _, g in row_grads], params.grad_cap)
-        self.optimizer.step()
-        for table, table_rows, grad in row_grads:
-            self.optimizer.step_rows(table, table_rows, grad)
-        self.state = [s.detach() for s in new_state]
+        with torch.no_grad():
+            # Without gradient clipping every dense parameter is updated as soon as its
+            # gradient is complete (and no longer needed), while the gradient is still in cache.
+            eager = params.grad_cap <= 0
+            out_grad, bias_grad, input_grad, dense_grads = self._backward(
+                grad, h, out_rows, cache, eager
+            )
+            if shared:  # the inputs' rows are output rows too
+                out_grad.index_add_(0, x_inverse, input_grad)
+            # (table, rows, gradient, current values of the rows or None); the rows read in
+            # the forward pass are updated in place and copied back
+            row_grads = [(net.Wy, rows, out_grad, out_rows)]
+            if shared:  # By is read at the outputs only: update only those rows
+                is_output = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+                is_output[out_inverse] = True
+                row_grads.append(
+                    (net.By, rows[is_output], bias_grad[is_output], bias_rows[is_output])
+                )
+            else:
+                row_grads.append((net.By, rows, bias_grad, bias_rows))
+                in_rows, in_inverse = torch.unique(inputs, return_inverse=True)
+                in_grad = input_grad.new_zeros(len(in_rows), input_grad.shape[1])
+                in_grad.index_add_(0, in_inverse, input_grad)
+                row_grads.append((net.input_table, in_rows, in_grad, None))
+            if not eager:
+                clip_grad_norm(
+                    [g for _, g in dense_grads] + [g for _, _, g, _ in row_grads], params.grad_cap
+                )
+                for param, dense_grad in dense_grads:
+                    self.optimizer.step_param(param, dense_grad)
+            for table, table_rows, row_grad, current in row_grads:
+                self.optimizer.step_rows(table, table_rows, row_grad, current)
+        self.state = new_state
         return loss.detach(), n_rows
 
+    def _backward(
+        self,
+        grad: torch.Tensor,
+        h: torch.Tensor,
+        out_rows: torch.Tensor,
+        cache: list[_LayerCache],
+        update: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Gradients from ``grad [B, U]`` (of the scores): ``(output rows [U, H], biases [U],
+        input rows [B, D] (mode none: [B, 3 H0]), [(dense parameter, gradient), ...])``;
+        ``update``: apply the optimizer to each dense parameter as soon as it is done with."""
+        net, optimizer = self.net, self.optimizer
+        n_rows = grad.shape[1]
+        if len(self._row_grads) < n_rows:
+            self._row_grads = grad.new_empty(max(n_rows, 2 * len(self._row_grads)), h.shape[1])
+        out_grad = torch.mm(grad.T, h, out=self._row_grads[:n_rows])  # [U, H]
+        bias_grad = grad.sum(dim=0)
+        grad_h = torch.mm(grad, out_rows)  # [B, H]
+        dense: list[tuple[torch.Tensor, torch.Tensor]] = []
+        buffers = self._dense_grads
+
+        def done(param: torch.Tensor, param_grad: torch.Tensor) -> None:
+            dense.append((param, param_grad))
+            if update:
+                optimizer.step_param(param, param_grad)
+
+        for i in range(len(net.gru) - 1, -1, -1):
+            layer, c = net.gru[i], cache[i]
+            if c.mask_out is not None:
+                grad_h = grad_h * c.mask_out
+            grad_gx, grad_gh, _ = _gates_backward(
+                grad_h, c.rz, c.candidate, c.gh, c.h, layer.activation
+            )
+            done(layer.Wh, torch.mm(c.h.T, grad_gh, out=buffers[id(layer.Wh)]))
+            done(layer.Bh, torch.sum(grad_gx, dim=0, out=buffers[id(layer.Bh)]))
+            if i == 0 and net.mode == "none":
+                grad_h = grad_gx  # the rows of the first Wx: an item table
+                break
+            grad_x = torch.mm(grad_gx, layer.Wx.T)  # before Wx is updated
+            done(layer.Wx, torch.mm(c.x.T, grad_gx, out=buffers[id(layer.Wx)]))
+            grad_h = grad_x if c.mask_in is None else grad_x.mul_(c.mask_in)
+        return out_grad, bias_grad, grad_h, dense
+
     def _loss(
-        self, scores: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor | None
+        self,
+        scores: torch.Tensor,
+        columns: torch.Tensor,
+        targets: torch.Tensor,
+        samples: torch.Tensor | None,
     ) -> torch.Tensor:
+        """The loss from the scores ``[B, U]`` of the unique items; ``columns [B + n_sample]``
+        picks the loss's columns (targets, then samples) among them."""
         p = self.params
+        n_rows = len(targets)
+        if p.loss == "cross-entropy" and p.logq <= 0 and cross_entropy_loss is _CROSS_ENTROPY:
+            # the built-in loss on the distinct columns, each weighted by its count (same loss
+            # and gradient); a replaced cross_entropy_loss gets the [B, B + n_sample] scores
+            count = torch.bincount(columns, minlength=scores.shape[1])
+            return _CrossEntropy.apply(scores, columns[:n_rows], count) / p.batch_size
         if p.loss in ("cross-entropy", "xe_logit"):
+            scores = scores.index_select(1, columns)  # [B, B + n_sample]
             correction = None
             if p.logq > 0:
                 correction = logq_correction(
@@ -717,9 +954,13 @@ class _TrainStep:
                 )
             fn = cross_entropy_loss if p.loss == "cross-entropy" else xe_logit_loss
             return fn(scores, p.batch_size, correction)
+        # element-wise: the activation of a column does not depend on where it is read from
         scores = self.final_activation(scores)
-        if p.loss == "bpr-max":
-            return bpr_max_loss(scores, p.batch_size, p.bpreg)
+        if p.loss == "bpr-max":  # on the distinct columns, each weighted by its count
+            count = torch.bincount(columns, minlength=scores.shape[1])
+            loss = _BPRMax.apply(scores, p.bpreg, columns[:n_rows], count)
+            return loss / p.batch_size
+        scores = scores.index_select(1, columns)
         if p.loss == "top1-max":
             return top1_max_loss(scores, p.batch_size)
         if p.loss == "top1":

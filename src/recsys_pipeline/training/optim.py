@@ -64,7 +64,7 @@ class IndexedAdagradM:
         self.adapt = adapt
         self.acc = {p: torch.zeros_like(p) for p in self.params} if adapt == "adagrad" else {}
         self.velocity = {p: torch.zeros_like(p) for p in self.params} if momentum > 0 else {}
-        self._denom: dict[torch.Tensor, torch.Tensor] = {}
+        self._denom: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def zero_grad(self) -> None:
         """Drop the gradients of all parameters."""
@@ -79,15 +79,51 @@ class IndexedAdagradM:
                 self._apply(p, p.grad, None)
 
     @torch.no_grad()
-    def step_rows(self, param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
-        """Update the rows ``rows [U]`` (unique, long) of ``param`` with their gradient ``[U, ...]``."""
-        self._apply(param, grad, rows)
+    def step_param(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """Dense update of one parameter with the gradient ``grad`` (instead of ``param.grad``)."""
+        self._apply(param, grad, None)
 
-    def _apply(self, p: torch.Tensor, g: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """One update of ``p`` (``rows is None``) or of its rows ``rows`` with gradient ``g``."""
+    @torch.no_grad()
+    def step_rows(
+        self,
+        param: torch.Tensor,
+        rows: torch.Tensor,
+        grad: torch.Tensor,
+        current: torch.Tensor | None = None,
+    ) -> None:
+        """Update the rows ``rows [U]`` (unique, long) of ``param`` with their gradient ``[U, ...]``.
+
+        ``current``: ``param[rows]``, if the caller holds it already (e.g. gathered for the
+        forward pass); it is then updated in place and written back with one ``index_copy_``
+        (parallel) instead of an ``index_add_`` into ``param`` (single-threaded on the CPU).
+        """
+        self._apply(param, grad, rows, current)
+
+    def _dense_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        """A scratch tensor shaped like ``p`` (a view of one buffer shared by all parameters)."""
+        key = (p.device, p.dtype)
+        buffer = self._denom.get(key)
+        if buffer is None or buffer.numel() < p.numel():
+            buffer = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
+            self._denom[key] = buffer
+        return buffer[: p.numel()].view(p.shape)
+
+    def _apply(
+        self,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        rows: torch.Tensor | None,
+        current: torch.Tensor | None = None,
+    ) -> None:
+        """One update of ``p`` (``rows is None``) or of its rows ``rows`` with gradient ``g``;
+        ``current``: ``p[rows]`` if known (see :meth:`step_rows`)."""
 
         def select(t: torch.Tensor) -> torch.Tensor:  # the rows (a copy) or the whole tensor
-            return t if rows is None else t.index_select(0, rows)
+            if rows is None:
+                return t
+            if t is p and current is not None:
+                return current
+            return t.index_select(0, rows)
 
         def write_back(t: torch.Tensor, value: torch.Tensor) -> None:
             if rows is not None:  # whole tensors were updated in place already
@@ -96,6 +132,8 @@ class IndexedAdagradM:
         def add_to_param(value: torch.Tensor, alpha: float) -> None:
             if rows is None:
                 p.add_(value, alpha=alpha)
+            elif current is not None:  # the same sum p[rows] + alpha * value, then one copy
+                p.index_copy_(0, rows, current.add_(value, alpha=alpha))
             else:
                 p.index_add_(0, rows, value, alpha=alpha)
 
@@ -104,8 +142,8 @@ class IndexedAdagradM:
             write_back(self.acc[p], acc)
             if rows is not None:  # acc is a copy of the rows: reuse it
                 denom = acc.add_(self.eps).sqrt_()
-            else:  # a buffer kept per parameter: no large allocation per step
-                denom = self._denom.setdefault(p, torch.empty_like(p))
+            else:  # one buffer shared by the parameters: no large allocation per step
+                denom = self._dense_buffer(p)
                 torch.add(acc, self.eps, out=denom).sqrt_()
         else:
             denom = torch.ones((), dtype=g.dtype, device=g.device)
@@ -119,7 +157,7 @@ class IndexedAdagradM:
         elif rows is None and not self.lmbd:
             p.addcdiv_(g, denom, value=-self.lr)
         else:
-            update = g / denom
+            update = torch.div(g, denom, out=denom if denom.shape == g.shape else None)
             if self.lmbd:
                 update.add_(select(p), alpha=self.lmbd)
             add_to_param(update, -self.lr)
