@@ -151,9 +151,7 @@ def run_ours(data_dir: Path, out_dir: Path, json_path: Path | None) -> int:
         deduplicated, config.min_item_support, config.min_session_length
     )
     del deduplicated
-    points = P.split_points(
-        full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit
-    )
+    points = P.split_points(full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit)
     splits = P.protocol_splits(full, points, config.min_session_length)
     timings["protocol"] = time.perf_counter() - t0
     t0 = time.perf_counter()

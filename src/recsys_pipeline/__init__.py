@@ -1,2 +1,3 @@
 """recsys_pipeline."""
+
 __version__ = "0.1.0"

@@ -111,7 +111,11 @@ def test_first_appearance_index_counts_null_as_a_value():
     df = pl.DataFrame({"h": ["b", None, "a", "b", None]})
     out = P.first_appearance_index(df, {"h": "idx"}).collect()
     assert sorted(out.iter_rows(), key=lambda r: r[1]) == [
-        ("b", 0), ("b", 0), (None, 1), (None, 1), ("a", 2)
+        ("b", 0),
+        ("b", 0),
+        (None, 1),
+        (None, 1),
+        ("a", 2),
     ]
 
 
@@ -214,7 +218,9 @@ def test_frame_stats(unit, expected_days):
 def test_first_appearance_ranks_all_come_from_the_original_row_order():
     # a second rank computed after the first join would see the join's row order instead
     n = 20_000
-    df = pl.DataFrame({"u": [i % 997 for i in range(n)], "p": [(i * 7919) % 1013 for i in range(n)]})
+    df = pl.DataFrame(
+        {"u": [i % 997 for i in range(n)], "p": [(i * 7919) % 1013 for i in range(n)]}
+    )
     out = P.first_appearance_index(df, {"u": "ku", "p": "kp"}).collect()
     expected = {v: r for r, v in enumerate(df["p"].unique(maintain_order=True))}
     assert all(expected[p] == kp for p, kp in out.select("p", "kp").iter_rows())

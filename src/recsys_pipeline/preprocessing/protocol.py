@@ -69,7 +69,9 @@ def sort_rows(df: pl.DataFrame, major: str, time: str, minor: str) -> pl.DataFra
     return df[order]
 
 
-def gap_sessions(df: pl.DataFrame, key: str, time: str, minor: str, gap: int | float) -> pl.DataFrame:
+def gap_sessions(
+    df: pl.DataFrame, key: str, time: str, minor: str, gap: int | float
+) -> pl.DataFrame:
     """Cut ``key``'s time-ordered stream into sessions; adds ``SessionId`` (0, 1, ... in sort order).
 
     Rows are sorted by (``key``, ``time``, ``minor``). A new session starts when ``key`` changes
