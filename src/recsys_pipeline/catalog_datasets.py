@@ -18,7 +18,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str
+from kedro.io.core import (
+    AbstractDataset,
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+)
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.polars import EagerPolarsDataset
 
@@ -194,3 +200,68 @@ class GRU4RecModelDataset(AbstractVersionedDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "model": self._model}
+
+
+class OptunaStorageDataset(AbstractDataset[str, str]):
+    """The SQLAlchemy URL of the Optuna storage that tuning workers share (load only).
+
+    ``url`` in the catalog (e.g. a SQLite file in the project), or ``credentials`` with a ``url``
+    key (e.g. PostgreSQL with a password, from ``conf/local/credentials.yml``), which wins. For
+    SQLite the folder of the file is created. Nothing is stored here: the URL is the dataset.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        credentials: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        url = (credentials or {}).get("url") or url
+        if not url:
+            raise DatasetError(
+                "OptunaStorageDataset needs `url` or credentials with a `url` key "
+                "(e.g. postgresql+psycopg://user:password@host:5432/optuna)"
+            )
+        self._url = str(url)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        if self._url.startswith("sqlite:///"):
+            path = Path(self._url.removeprefix("sqlite:///"))
+            if str(path) not in ("", ":memory:"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+        return self._url
+
+    def save(self, data: str) -> None:
+        raise DatasetError("OptunaStorageDataset is read-only: set its url in the catalog")
+
+    def _describe(self) -> dict[str, Any]:
+        from recsys_pipeline.tuning.study import redact_url
+
+        return {"url": redact_url(self._url)}
+
+
+def _study_dataset_base() -> type:
+    from kedro_datasets_experimental.optuna import StudyDataset
+
+    return StudyDataset
+
+
+class StudySnapshotDataset(_study_dataset_base()):  # type: ignore[misc]
+    """kedro-datasets' Optuna ``StudyDataset`` (a versioned copy of the study in an RDB), whose
+    save survives workers that create its SQLite file at the same moment (schema race: retried).
+    """
+
+    def save(self, data: Any) -> None:
+        import time
+
+        for attempt in range(1, 6):
+            try:
+                return super().save(data)
+            except DatasetError as err:  # Kedro wraps the sqlalchemy OperationalError
+                text = f"{err} {err.__cause__}"
+                racy = ("already exists", "UNIQUE constraint failed", "database is locked")
+                if not any(m in text for m in racy) or attempt == 5:
+                    raise
+                time.sleep(0.3 * attempt)
+        return None

@@ -1,0 +1,247 @@
+"""Nodes of the tuning pipeline: search (Optuna) -> report (plotly) -> final retrain on train_full."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlflow
+import optuna
+import plotly.graph_objects as go
+import polars as pl
+import torch
+
+from recsys_pipeline.models.gru4rec import GRU4RecParams
+from recsys_pipeline.training.trainer import EpochStats
+from recsys_pipeline.tuning import (
+    Metric,
+    StudySettings,
+    TuningError,
+    enqueue_defaults,
+    gru4rec_objective,
+    load_space,
+    open_study,
+    optimize,
+    trial_params,
+    trials_table,
+)
+from recsys_pipeline.tuning.study import space_signature
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("gru4rec",)
+_SETTINGS = {
+    "dataset",
+    "model",
+    "fixed",
+    "space",
+    "n_trials",
+    "timeout_s",
+    "metric",
+    "cutoff",
+    "direction",
+    "evaluate_every_epoch",
+    "pruner",
+    "pruner_args",
+    "n_startup_trials",
+    "sampler_seed",
+    "study_name",
+    "heartbeat_interval",
+    "grace_period",
+    "num_threads",
+    "enqueue_defaults",
+}
+
+
+def _base_params(tune: dict[str, Any], gru4rec: dict[str, Any]) -> dict[str, Any]:
+    """The fixed parameters: ``gru4rec.<dataset>`` overridden by ``tune.fixed`` (checked)."""
+    unknown = sorted(set(tune) - _SETTINGS)
+    if unknown:
+        raise TuningError(f"unknown tune setting(s) {unknown}; valid: {sorted(_SETTINGS)}")
+    if tune["model"] not in MODELS:
+        raise TuningError(f"tune.model must be one of {MODELS}, got {tune['model']!r}")
+    dataset = tune["dataset"]
+    if dataset not in gru4rec:
+        raise TuningError(
+            f"no parameters gru4rec.{dataset} (tune.dataset); known: {sorted(gru4rec)}"
+        )
+    base = dict(gru4rec[dataset]) | dict(tune.get("fixed") or {})
+    base.pop("num_threads", None)
+    try:
+        GRU4RecParams.from_dict(base)
+    except ValueError as err:
+        raise TuningError(f"tune.fixed / gru4rec.{dataset}: {err}") from err
+    return base
+
+
+def _study_name(tune: dict[str, Any], base: dict[str, Any]) -> str:
+    if tune.get("study_name"):
+        return str(tune["study_name"])
+    mode = GRU4RecParams.from_dict(base).embedding_mode
+    return f"{tune['model']}-{tune['dataset']}-{base['loss']}-{mode}"
+
+
+class _MlflowTrials:
+    """One nested MLflow run per trial under the pipeline's run (params, metric per epoch,
+    final value, duration, state)."""
+
+    def __init__(self, study_name: str, metric: Metric) -> None:
+        self.study_name = study_name
+        self.metric = metric
+        self.enabled = mlflow.active_run() is not None
+
+    def start(self, number: int, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        mlflow.start_run(run_name=f"{self.study_name} trial {number}", nested=True)
+        mlflow.set_tags({"optuna.study": self.study_name, "optuna.trial": number})
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+
+    def epoch(self, number: int, epoch: int, value: float, stats: EpochStats) -> None:
+        if self.enabled:
+            name = f"valid_{self.metric.name}_at_{self.metric.cutoff}"
+            mlflow.log_metrics(
+                {name: value, "loss": stats.loss, "targets_per_s": stats.targets_per_s}, step=epoch
+            )
+
+    def end(self, number: int, state: str, value: float | None, seconds: float) -> None:
+        if not self.enabled:
+            return
+        metrics = {"duration_s": seconds}
+        if value is not None:
+            metrics[f"final_{self.metric.name}_at_{self.metric.cutoff}"] = value
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("optuna.state", state)
+        mlflow.end_run(status="FINISHED" if state != "FAIL" else "FAILED")
+
+
+def run_study(
+    train_tr: pl.DataFrame,
+    train_valid: pl.DataFrame,
+    storage: str,
+    tune: dict[str, Any],
+    gru4rec: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[optuna.Study, dict[str, Any], pl.DataFrame, dict[str, dict]]:
+    """Run (or continue) the study until it holds ``tune.n_trials`` finished trials.
+
+    Every setting, the space file and the storage are checked before any training. Returns
+    the study, the best parameters (JSON), one row per trial and the summary for MLflow.
+    """
+    base = _base_params(tune, gru4rec)
+    specs = load_space(tune["space"], GRU4RecParams.field_names())
+    metric = Metric(tune["metric"], int(tune["cutoff"]), evaluation.get("mode", "standard"))
+    settings = StudySettings(
+        storage=storage,
+        study_name=_study_name(tune, base),
+        direction=tune["direction"],
+        pruner=tune["pruner"],
+        pruner_args=dict(tune.get("pruner_args") or {}) if tune["pruner"] != "none" else {},
+        sampler_seed=tune.get("sampler_seed"),
+        n_startup_trials=int(tune["n_startup_trials"]),
+        heartbeat_interval=int(tune["heartbeat_interval"]),
+        grace_period=int(tune["grace_period"]),
+    )
+    signature = {
+        "model": tune["model"],
+        "dataset": tune["dataset"],
+        "fixed": base,
+        "space": space_signature(specs),
+        "metric": metric.key,
+        "mode": metric.mode,
+    }
+    study = open_study(settings, signature)
+    if tune.get("enqueue_defaults", True):
+        enqueue_defaults(study, specs, base)
+    if tune.get("num_threads"):
+        torch.set_num_threads(int(tune["num_threads"]))
+    objective = gru4rec_objective(
+        train_tr,
+        train_valid,
+        base,
+        specs,
+        metric,
+        eval_batch_size=int(evaluation.get("batch_size", 512)),
+        evaluate_every_epoch=bool(tune["evaluate_every_epoch"]),
+        tracker=_MlflowTrials(settings.study_name, metric),
+    )
+    ran = optimize(study, objective, int(tune["n_trials"]), timeout=tune.get("timeout_s"))
+    table = pl.DataFrame(
+        trials_table(study),
+        schema={
+            "number": pl.Int64,
+            "state": pl.String,
+            "value": pl.Float64,
+            "duration_s": pl.Float64,
+            "epochs_reported": pl.Int64,
+            "params": pl.String,
+            "worker": pl.String,
+            "retry_of": pl.Int64,
+        },
+    )
+    complete = table.filter(pl.col("state") == "COMPLETE")
+    if complete.is_empty():
+        raise TuningError(f"study {settings.study_name!r} has no complete trial")
+    best = study.best_trial
+    counts = dict(table.group_by("state").len().iter_rows())
+    best_params = {
+        "study_name": settings.study_name,
+        "dataset": tune["dataset"],
+        "metric": metric.key,
+        "mode": metric.mode,
+        "value": best.value,
+        "trial": best.number,
+        "params": best.params,
+        "gru4rec": trial_params(base, best.params),
+        "trials": counts,
+        "trials_run_here": ran,
+    }
+    logger.info(
+        "best %s = %.4f (trial %d): %s; trials %s",
+        metric.key,
+        best.value,
+        best.number,
+        best.params,
+        counts,
+    )
+    summary_seconds = float(table["duration_s"].drop_nulls().sum())
+    tracked = {
+        f"best_valid_{metric.name}_at_{metric.cutoff}": {"value": float(best.value), "step": 0},
+        "trials_complete": {"value": float(counts.get("COMPLETE", 0)), "step": 0},
+        "trials_pruned": {"value": float(counts.get("PRUNED", 0)), "step": 0},
+        "trials_seconds": {"value": summary_seconds, "step": 0},
+    }
+    return study, best_params, table, tracked
+
+
+def _placeholder(title: str, message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title)
+    return fig
+
+
+def plot_study(study: optuna.Study) -> tuple[go.Figure, go.Figure, go.Figure, go.Figure]:
+    """Optimisation history, parameter importances, slice and parallel-coordinate plots."""
+    from optuna import visualization as vis
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    history = vis.plot_optimization_history(study)
+    if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+        try:
+            importances = vis.plot_param_importances(study)
+        except (RuntimeError, ValueError) as err:
+            importances = _placeholder("Hyperparameter importances", f"not available: {err}")
+    else:
+        importances = _placeholder(
+            "Hyperparameter importances", "needs at least two complete trials"
+        )
+    return history, importances, vis.plot_slice(study), vis.plot_parallel_coordinate(study)
+
+
+def final_params(best: dict[str, Any], tune: dict[str, Any]) -> dict[str, Any]:
+    """GRU4Rec parameters of the final retrain: the best trial's (``num_threads`` kept)."""
+    params = dict(best["gru4rec"])
+    if tune.get("num_threads"):
+        params["num_threads"] = tune["num_threads"]
+    return params

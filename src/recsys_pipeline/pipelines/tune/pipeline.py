@@ -1,0 +1,82 @@
+"""``kedro run --pipeline=tune``: Optuna search on train_tr -> train_valid, plots, and a final
+retrain with the best parameters on train_full, evaluated on test like a normal training run.
+
+The dataset is a runtime parameter (``--params=tune.dataset=<name>``), read by the parameters and by
+the catalog entries ``tune.*``. Tags: ``tune_search`` (search and plots) and ``tune_final`` (the
+final retrain); ``kedro run --pipeline=tune --tags=tune_search`` skips the retrain.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from recsys_pipeline.pipelines.train_gru4rec import nodes as train
+from recsys_pipeline.pipelines.tune import nodes
+
+PARAMS = {"params:tune", "params:gru4rec", "params:evaluation"}
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    search = Pipeline(
+        [
+            Node(
+                nodes.run_study,
+                [
+                    "train_tr",
+                    "train_valid",
+                    "storage",
+                    "params:tune",
+                    "params:gru4rec",
+                    "params:evaluation",
+                ],
+                ["study", "best_params", "trials", "tracked_metrics"],
+                name="search",
+            ),
+            Node(
+                nodes.plot_study,
+                "study",
+                [
+                    "optimization_history",
+                    "param_importances",
+                    "slice_plot",
+                    "parallel_coordinate",
+                ],
+                name="report",
+            ),
+        ],
+        tags=["tune_search"],
+        namespace="tune",
+        parameters=PARAMS,
+    )
+    final = Pipeline(
+        [
+            Node(
+                nodes.final_params,
+                ["best_params", "params:tune"],
+                "final_params",
+                name="final_params",
+            ),
+            Node(
+                train.train_gru4rec,
+                ["train_full", "final_params"],
+                ["gru4rec_model", "gru4rec_history", "gru4rec_epoch_metrics"],
+                name="final_train",
+            ),
+            Node(
+                train.evaluate_models,
+                ["gru4rec_model", "train_full", "test", "params:evaluation"],
+                ["gru4rec_metrics", "gru4rec_tracked_metrics"],
+                name="final_evaluate",
+            ),
+            Node(
+                train.plot_report,
+                ["gru4rec_history", "gru4rec_metrics"],
+                ["gru4rec_loss_curve", "gru4rec_metrics_plot"],
+                name="final_report",
+            ),
+        ],
+        tags=["tune_final"],
+        namespace="tune",
+        parameters={"params:tune", "params:evaluation"},
+    )
+    return search + final

@@ -1,0 +1,152 @@
+"""The GRU4Rec trial: train on ``train_tr`` with fixed + suggested parameters, score on
+``train_valid`` with the shared evaluation after every epoch (for pruning), return the last score.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+import polars as pl
+
+from recsys_pipeline.evaluation import evaluate
+from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
+from recsys_pipeline.training.session_iterator import sessions_from_frame
+from recsys_pipeline.training.trainer import EpochStats
+from recsys_pipeline.tuning.space import ParamSpec, suggest
+
+__all__ = ["METRICS", "Metric", "TrialTracker", "gru4rec_objective", "trial_params"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("mrr", "recall", "ndcg")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The optimised figure: ``<name>@<cutoff>`` of the shared evaluation."""
+
+    name: str = "mrr"
+    cutoff: int = 20
+    mode: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.name not in METRICS:
+            raise ValueError(f"tune.metric must be one of {METRICS}, got {self.name!r}")
+        if int(self.cutoff) < 1:
+            raise ValueError(f"tune.cutoff must be >= 1, got {self.cutoff}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.cutoff}"
+
+
+class TrialTracker(Protocol):
+    """Receives what a trial does (e.g. MLflow nested runs); all methods may be no-ops."""
+
+    def start(self, number: int, params: dict[str, Any]) -> None: ...
+    def epoch(self, number: int, epoch: int, value: float, stats: EpochStats) -> None: ...
+    def end(self, number: int, state: str, value: float | None, seconds: float) -> None: ...
+
+
+def trial_params(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:
+    """GRU4Rec parameters of a trial: ``base`` (fixed) overridden by ``suggested``.
+
+    A single ``layers`` value becomes a one-layer list; when ``elu_param`` is tuned, the final
+    activation follows it (``final_act: auto``, as the reference's bpr-max spaces intend).
+    """
+    params = dict(base) | dict(suggested)
+    if isinstance(params.get("layers"), int):
+        params["layers"] = [params["layers"]]
+    if "elu_param" in suggested:
+        params["final_act"] = "auto"
+    return params
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def gru4rec_objective(
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    base_params: dict[str, Any],
+    specs: list[ParamSpec],
+    metric: Metric,
+    *,
+    eval_batch_size: int = 512,
+    evaluate_every_epoch: bool = True,
+    tracker: TrialTracker | None = None,
+    progress: bool = False,
+) -> Callable[[optuna.Trial], float]:
+    """The objective of a GRU4Rec study (training data grouped once for all trials)."""
+    data = sessions_from_frame(train)
+
+    def score(model: GRU4Rec) -> float:
+        result = evaluate(
+            model,
+            valid,
+            cutoffs=(metric.cutoff,),
+            mode=metric.mode,
+            batch_size=eval_batch_size,
+            progress=False,
+        )
+        return float(result[metric.key])
+
+    def objective(trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        trial.set_user_attr("worker", worker_id())
+        suggested = suggest(trial, specs)
+        params = trial_params(base_params, suggested)
+        model_params = GRU4RecParams.from_dict(params)
+        if tracker:
+            tracker.start(trial.number, params)
+        logger.info("trial %d: %s", trial.number, suggested)
+        model = GRU4Rec(model_params)
+        n_epochs = model_params.n_epochs
+        last: dict[int, float] = {}
+
+        def after_epoch(stats: EpochStats) -> None:
+            if not evaluate_every_epoch and stats.epoch < n_epochs:
+                return
+            value = score(model)
+            last[stats.epoch] = value
+            trial.report(value, stats.epoch)
+            logger.info(
+                "trial %d epoch %d: loss %.4f, %s %.4f (%.1f s)",
+                trial.number,
+                stats.epoch,
+                stats.loss,
+                metric.key,
+                value,
+                stats.seconds,
+            )
+            if tracker:
+                tracker.epoch(trial.number, stats.epoch, value, stats)
+            if stats.epoch < n_epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}: {value:.4f}")
+
+        try:
+            model.fit(data, progress=progress, callback=after_epoch)
+        except optuna.TrialPruned:
+            if tracker:
+                tracker.end(trial.number, "PRUNED", None, time.perf_counter() - started)
+            raise
+        except FloatingPointError as err:  # a diverged configuration: a failed trial, go on
+            logger.warning("trial %d failed: %s", trial.number, err)
+            trial.set_user_attr("error", str(err))
+            if tracker:
+                tracker.end(trial.number, "FAIL", None, time.perf_counter() - started)
+            return float("nan")  # Optuna marks the trial FAIL and the study goes on
+        value = last[n_epochs] if n_epochs in last else score(model)
+        if tracker:
+            tracker.end(trial.number, "COMPLETE", value, time.perf_counter() - started)
+        return value
+
+    return objective

@@ -1,0 +1,119 @@
+"""RDB studies: resume after a kill, retry of interrupted trials, signature and storage checks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from recsys_pipeline.tuning import StudySettings, TuningError, open_study, optimize
+from recsys_pipeline.tuning.study import make_pruner
+
+WORKER = Path(__file__).with_name("toy_worker.py")
+
+
+def _states(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _start(url: str, name: str, n: int, epoch_s: float = 0.3) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, name, str(n), str(epoch_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_study_resumes_after_a_kill_and_retries_the_interrupted_trial(tmp_path):
+    url, name = f"sqlite:///{tmp_path / 'study.db'}", "killed"
+    proc = _start(url, name, 5, epoch_s=0.4)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for: >= 1 complete trial and one running
+        time.sleep(0.2)
+        try:
+            trials = _states(url, name)
+        except KeyError:  # study not created yet
+            continue
+        states = [t.state for t in trials]
+        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+            break
+    else:
+        proc.kill()
+        pytest.fail("worker made no progress: " + proc.communicate()[0].decode())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in _states(url, name) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    killed_trial = killed[0]
+    time.sleep(2.5)  # longer than the grace period: the trial is stale now
+
+    out = subprocess.run(
+        [sys.executable, str(WORKER), url, name, "5", "0.05"],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    trials = _states(url, name)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 5  # nothing lost, nothing run twice
+    assert len({t.number for t in trials}) == len(trials)
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed_trial.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial.number]
+    assert len(retries) == 1 and retries[0].params == killed_trial.params
+    assert retries[0].state == TrialState.COMPLETE
+
+    # a third run finds the work done and runs nothing
+    subprocess.run([sys.executable, str(WORKER), url, name, "5"], check=True, timeout=300)
+    assert len(_states(url, name)) == len(trials)
+
+
+def _settings(tmp_path, **kwargs) -> StudySettings:
+    return StudySettings(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", **kwargs)
+
+
+def test_another_space_on_the_same_study_is_refused(tmp_path):
+    study = open_study(_settings(tmp_path), {"space": [{"name": "layers"}], "metric": "mrr@20"})
+    optimize(study, lambda t: t.suggest_float("x", 0, 1), 1)
+    open_study(_settings(tmp_path), {"space": [{"name": "layers"}], "metric": "mrr@20"})
+    with pytest.raises(TuningError, match=r"another setup; metric: study has 'mrr@20'"):
+        open_study(_settings(tmp_path), {"space": [{"name": "layers"}], "metric": "recall@20"})
+    with pytest.raises(TuningError, match="optimises maximize"):
+        open_study(_settings(tmp_path, direction="minimize"), {"space": [], "metric": "mrr@20"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://user:secret@127.0.0.1:9/optuna",  # nothing listens on port 9
+        "sqlite:////nonexistent-dir/for/sure/s.db",
+        "nosuchdialect://host/db",
+    ],
+)
+def test_unreachable_storage_is_a_clear_error_without_the_password(url):
+    settings = StudySettings(storage=url, study_name="s")
+    with pytest.raises(TuningError, match="Optuna storage") as err:
+        open_study(settings, {})
+    assert "secret" not in str(err.value)
+
+
+def test_pruners():
+    assert isinstance(make_pruner("median", {"n_warmup_steps": 1}), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("none"), optuna.pruners.NopPruner)
+    with pytest.raises(TuningError, match="unknown pruner"):
+        make_pruner("mediun")
+    with pytest.raises(TuningError, match="bad arguments"):
+        make_pruner("median", {"n_warmup": 1})
+
+
+def test_signature_is_stored_as_plain_json(tmp_path):
+    study = open_study(_settings(tmp_path), {"space": [{"name": "x", "low": 1}], "metric": "m"})
+    assert json.loads(json.dumps(study.user_attrs["signature"]))["metric"] == "m"
