@@ -20,10 +20,20 @@ from recsys_pipeline.evaluation.metrics import (
     rank_from_counts,
     rank_of_targets,
 )
+from recsys_pipeline.evaluation.user_ranking import (
+    UserModel,
+    UserRankingResult,
+    full_ranking,
+    sampled_ranking,
+)
 
 __all__ = [
     "TIE_MODES",
     "EvalStreams",
+    "UserModel",
+    "UserRankingResult",
+    "full_ranking",
+    "sampled_ranking",
     "EvaluationResult",
     "MetricAccumulator",
     "count_higher_equal",
