@@ -10,6 +10,8 @@ import polars as pl
 from recsys_pipeline.datasets.base import RawDataError, RawFormat
 from recsys_pipeline.datasets.coveo import Coveo
 from recsys_pipeline.datasets.diginetica import Diginetica
+from recsys_pipeline.datasets.movielens import VARIANTS as MOVIELENS_VARIANTS
+from recsys_pipeline.datasets.movielens import read_ratings
 from recsys_pipeline.datasets.rees46 import Rees46
 from recsys_pipeline.datasets.retailrocket import RetailRocket
 from recsys_pipeline.datasets.yoochoose import Rsc15, Yoochoose
@@ -23,11 +25,12 @@ FORMATS: dict[str, type[RawFormat]] = {
     "coveo": Coveo,
     "retailrocket": RetailRocket,
     "diginetica": Diginetica,
+    **MOVIELENS_VARIANTS,  # ml-100k, ml-1m, ml-20m, ml-25m (ratings; see read_ratings)
 }
 
 STANDARD_COLUMNS = ("key", "ItemId", "sort_item", "Time", "kept")
 
-__all__ = ["FORMATS", "RawDataError", "RawFormat", "get_format", "read_events"]
+__all__ = ["FORMATS", "RawDataError", "RawFormat", "get_format", "read_events", "read_ratings"]
 
 
 def get_format(name: str, **options: object) -> RawFormat:
