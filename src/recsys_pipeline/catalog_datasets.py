@@ -145,7 +145,8 @@ class GRU4RecModelDataset(AbstractVersionedDataset):
 
     Args:
         filepath: The folder, e.g. ``data/06_models/diginetica/gru4rec``.
-        model: ``gru4rec``, ``most_popular`` or ``last_item_cooccurrence`` (the class to load).
+        model: ``gru4rec``, ``neumf``, ``most_popular`` or ``last_item_cooccurrence`` (the class
+            to load).
         log_to_mlflow: Log the saved folder to the active MLflow run, if there is one.
         artifact_path: Where in the run's artifacts.
     """
@@ -166,10 +167,11 @@ class GRU4RecModelDataset(AbstractVersionedDataset):
         self.metadata = metadata
 
     def _model_class(self) -> Any:
-        from recsys_pipeline.models import baselines, gru4rec
+        from recsys_pipeline.models import baselines, gru4rec, neumf
 
         classes = {
             "gru4rec": gru4rec.GRU4Rec,
+            "neumf": neumf.NeuMF,
             "most_popular": baselines.MostPopular,
             "last_item_cooccurrence": baselines.LastItemCooccurrence,
         }

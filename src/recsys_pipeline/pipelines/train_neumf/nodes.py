@@ -1,0 +1,132 @@
+"""Nodes of ``train_neumf``: NeuMF on MovieLens, NCF protocol (sampled + full ranking) and the
+global time split (full ranking), each next to the popularity (and co-occurrence) baselines."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import polars as pl
+import torch
+
+from recsys_pipeline.evaluation import full_ranking, sampled_ranking
+from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity
+from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
+
+logger = logging.getLogger(__name__)
+
+
+def _params(params: dict[str, Any]) -> NeuMFParams:
+    params = dict(params)
+    threads = params.pop("num_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return NeuMFParams.from_dict(params)
+
+
+def _history(model: NeuMF) -> tuple[list[dict], dict[str, list[dict]]]:
+    history = [dict(h) for h in model.history]
+    tracked: dict[str, list[dict]] = {}
+    for row in history:
+        for key, value in row.items():
+            if key == "epoch" or not isinstance(value, int | float):
+                continue
+            name = key.replace("@", "_at_")
+            tracked.setdefault(name, []).append({"value": float(value), "step": row["epoch"]})
+    return history, tracked
+
+
+def train_neumf_ncf(
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    valid_negatives: pl.DataFrame,
+    params: dict[str, Any],
+) -> tuple[NeuMF, list[dict], dict[str, list[dict]]]:
+    """NeuMF on the NCF split; validation (never test) drives the early stop at
+    ``threshold`` and is reported per epoch."""
+    model = NeuMF(_params(params)).fit(train, valid, valid_negatives)
+    return model, *_history(model)
+
+
+def train_neumf_time(
+    train: pl.DataFrame, params: dict[str, Any]
+) -> tuple[NeuMF, list[dict], dict[str, list[dict]]]:
+    """NeuMF on the global time split's training part."""
+    model = NeuMF(_params(params)).fit(train)
+    return model, *_history(model)
+
+
+def _metrics(result: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in dict(result).items()}
+
+
+def _tracked(metrics: dict[str, dict[str, float]]) -> dict[str, dict]:
+    return {
+        f"{name}.{key.replace('@', '_at_')}": {"value": value, "step": 0}
+        for name, values in metrics.items()
+        for key, value in values.items()
+    }
+
+
+def evaluate_ncf(
+    model: NeuMF,
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    test: pl.DataFrame,
+    test_negatives: pl.DataFrame,
+    settings: dict[str, Any],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """NCF split, test: legacy sampled metrics (1 positive + the stored negatives, labelled
+    ``sampled100_*``) and full ranking over all items minus the user's train and valid items;
+    NeuMF and popularity the same way."""
+    candidates = {"neumf": model, "popularity": UserPopularity().fit(train)}
+    metrics = {}
+    for name, candidate in candidates.items():
+        sampled = sampled_ranking(
+            candidate,
+            test,
+            test_negatives,
+            cutoffs=tuple(settings["sampled_cutoffs"]),
+            mode=settings["mode"],
+        )
+        full = full_ranking(
+            candidate,
+            test,
+            exclude=[train, valid],
+            cutoffs=tuple(settings["cutoffs"]),
+            mode=settings["mode"],
+            progress=False,
+        )
+        metrics[name] = _metrics(sampled) | _metrics(full)
+        logger.info(
+            "%-11s %s | %s",
+            name,
+            sampled.label() if hasattr(sampled, "label") else "",
+            full.label(),
+        )
+    return metrics, _tracked(metrics)
+
+
+def evaluate_time(
+    model: NeuMF, train: pl.DataFrame, test: pl.DataFrame, settings: dict[str, Any]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """Global time split, test: full ranking minus the user's training items; NeuMF,
+    popularity and item co-occurrence (unknown users and items dropped, counted)."""
+    candidates = {
+        "neumf": model,
+        "popularity": UserPopularity().fit(train),
+        "cooccurrence": UserCooccurrence().fit(train),
+    }
+    metrics = {}
+    for name, candidate in candidates.items():
+        full = full_ranking(
+            candidate,
+            test,
+            exclude=train,
+            cutoffs=tuple(settings["cutoffs"]),
+            mode=settings["mode"],
+            progress=False,
+        )
+        metrics[name] = _metrics(full)
+        logger.info("%-12s %s", name, full.label())
+    return metrics, _tracked(metrics)
