@@ -1,0 +1,422 @@
+"""Serving a trained GRU4Rec model through MLflow (``mlflow models serve``).
+
+:class:`GRU4RecPyfunc` is an :class:`mlflow.pyfunc.PythonModel`: ``load_context`` loads the saved
+model folder (``weights.pt`` with ``weights_only=True`` + JSON, see
+:meth:`~recsys_pipeline.models.gru4rec.GRU4Rec.load`) from the MLflow model's artifacts and
+``predict`` answers with :func:`~recsys_pipeline.recommend.recommend`, the same code as the
+pipelines and the CLI. :func:`log_pyfunc_model` logs it ("models from code": a two-line script
+that imports this module, so nothing is pickled; the weights stay a state dict).
+
+Request (``POST /invocations``, ``Content-Type: application/json``)::
+
+    {"dataframe_records": [{"session": [4001, 4017, 4003]},
+                           {"session": [4005], "k": 5, "exclude_seen": true}],
+     "params": {"k": 10, "exclude_seen": false}}
+
+* ``session`` (required): the session's raw item ids, oldest first. Ids unknown to the model
+  are skipped; a session must hold at least one known id.
+* ``k`` (optional, ``1 <= k <= n_items``) and ``exclude_seen`` (optional, boolean): per request
+  in ``params`` (defaults 20 and false), or per session as columns (a session's own value, when
+  not null, wins over ``params``).
+* ``{"dataframe_split": {"columns": ["session"], "data": [[[4001, 4017]], [[4005]]]}}`` works
+  too. Any other column, an empty batch, more than ``max_batch`` sessions (default 1000), an
+  empty session, a session longer than ``max_session_length`` (default 10000), a session with no
+  known id or a value of the wrong type is answered with HTTP 400 (``error_code``
+  ``INVALID_PARAMETER_VALUE`` and a ``message`` naming the session and the field).
+
+  MLflow itself drops unknown keys of ``params`` (with a warning in the server log) before the
+  model sees them, so a misspelled ``params`` key cannot be rejected; misspelled columns are.
+
+Response (200)::
+
+    {"predictions": [{"items": [4018, 4002, ...], "scores": [7.1, 3.2, ...]}, ...]}
+
+one record per session, in request order: ``items`` the raw ids of the top-``k`` next items,
+best first, and ``scores`` their model scores (descending). With ``exclude_seen`` the session's
+own items are not recommended; if fewer than ``k`` other items exist the list is shorter.
+
+``{"inputs": {"session": [[4001, 4017]]}, "params": {...}}`` (columns) and
+``{"inputs": [{"session": [4001, 4017]}]}`` (records) are accepted as well.
+
+Serving (the project is installed editable in ``.venv``, so ``--env-manager local`` has
+everything; ``127.0.0.1`` is also mlflow's default host, port 5000 its default port). The
+server runs ``uvicorn`` from ``PATH``, so the venv's ``bin`` must be on it (activate the venv)::
+
+    source .venv/bin/activate   # or: PATH=$PWD/.venv/bin:$PATH
+    mlflow models serve -m models:/<name>@champion --env-manager local \\
+        --host 127.0.0.1 --port 5001
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import shutil
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from recsys_pipeline.models.gru4rec import GRU4Rec
+from recsys_pipeline.recommend import recommend
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+try:  # mlflow is a project dependency, but keep the module importable without it
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    _PythonModel: type = mlflow.pyfunc.PythonModel
+except ImportError:  # pragma: no cover
+    mlflow = None  # type: ignore[assignment]
+    _PythonModel = object
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_SESSION_LENGTH",
+    "GRU4RecPyfunc",
+    "RequestError",
+    "log_pyfunc_model",
+]
+
+#: artifact key of the saved GRU4Rec folder inside the MLflow model
+MODEL_ARTIFACT = "gru4rec"
+DEFAULT_K = 20
+DEFAULT_MAX_BATCH = 1000
+DEFAULT_MAX_SESSION_LENGTH = 10_000
+#: input columns; ``session`` is required
+SESSION, K, EXCLUDE_SEEN = "session", "k", "exclude_seen"
+COLUMNS = (SESSION, K, EXCLUDE_SEEN)
+
+_CODE_SCRIPT = (
+    '"""MLflow models-from-code entry point: the GRU4Rec recommender (recsys_pipeline.serving)."""\n'
+    "from mlflow.models import set_model\n\n"
+    "from recsys_pipeline.serving import GRU4RecPyfunc\n\n"
+    "set_model(GRU4RecPyfunc())\n"
+)
+
+
+class RequestError(ValueError):
+    """An invalid request (reported to the client as HTTP 400)."""
+
+
+def _bad_request(message: str) -> Exception:
+    """The exception for an invalid request: an ``MlflowException`` with
+    ``INVALID_PARAMETER_VALUE`` (the scoring server answers 400 with ``message``)."""
+    if mlflow is None:  # pragma: no cover
+        return RequestError(message)
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _is_missing(value: Any) -> bool:
+    """True for ``None`` and NaN (a column absent from some records)."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _as_k(value: Any, where: str, n_items: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise _bad_request(f"{where}: 'k' must be an integer, got {value!r}")
+    if isinstance(value, float | np.floating) and not float(value).is_integer():
+        raise _bad_request(f"{where}: 'k' must be an integer, got {value!r}")
+    k = int(value)
+    if k < 1 or k > n_items:
+        raise _bad_request(f"{where}: 'k' must be between 1 and n_items={n_items}, got {k}")
+    return k
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _bad_request(f"{where}: 'exclude_seen' must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _as_frame(model_input: Any) -> pd.DataFrame:
+    """The request as a DataFrame (the scoring server already gives one; in-process callers may
+    also pass a list of records or a mapping of columns)."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
+        return pd.DataFrame.from_records(model_input)
+    if isinstance(model_input, Mapping):
+        try:
+            return pd.DataFrame({k: list(v) for k, v in model_input.items()})
+        except (TypeError, ValueError) as err:
+            raise _bad_request(f"cannot read the input columns: {err}") from err
+    raise _bad_request(
+        "input must be records with a 'session' field, e.g. "
+        '{"dataframe_records": [{"session": [1, 2, 3]}]}; '
+        f"got {type(model_input).__name__}"
+    )
+
+
+class GRU4RecPyfunc(_PythonModel):
+    """MLflow pyfunc wrapper of a saved GRU4Rec folder: top-k next items per session.
+
+    Configuration (``model_config`` of :func:`log_pyfunc_model`, read in ``load_context``):
+    ``max_batch`` (sessions per request, default 1000), ``max_session_length`` (items per
+    session, default 10000), ``device`` (default ``"cpu"``) and ``torch_threads`` (intra-op
+    threads, default: torch's choice). See the module docstring for the request format.
+    """
+
+    def __init__(self) -> None:
+        self.model: GRU4Rec | None = None
+        self.max_batch = DEFAULT_MAX_BATCH
+        self.max_session_length = DEFAULT_MAX_SESSION_LENGTH
+        self._known: frozenset[Any] = frozenset()
+        self._str_ids = False
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_context(self, context: Any) -> None:
+        """Load the GRU4Rec folder ``context.artifacts["gru4rec"]`` and read the config."""
+        config = dict(getattr(context, "model_config", None) or {})
+        self.configure(
+            GRU4Rec.load(context.artifacts[MODEL_ARTIFACT], device=config.get("device", "cpu")),
+            max_batch=int(config.get("max_batch", DEFAULT_MAX_BATCH)),
+            max_session_length=int(config.get("max_session_length", DEFAULT_MAX_SESSION_LENGTH)),
+        )
+        threads = config.get("torch_threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+
+    def configure(
+        self,
+        model: GRU4Rec,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_session_length: int = DEFAULT_MAX_SESSION_LENGTH,
+    ) -> GRU4RecPyfunc:
+        """Use an already loaded ``model`` (also what ``load_context`` calls)."""
+        if max_batch < 1 or max_session_length < 1:
+            raise ValueError("max_batch and max_session_length must be positive")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_session_length = max_session_length
+        ids = np.asarray(model.item_ids)
+        self._str_ids = ids.dtype.kind in "OUS"
+        self._known = frozenset(ids.tolist())
+        logger.info("GRU4Rec recommender loaded: %d items, max_batch %d", model.n_items, max_batch)
+        return self
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict(
+        self,
+        context: Any,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Top-k recommendations for every session of ``model_input``.
+
+        Returns:
+            One row per input session, in order: ``items`` (list of raw ids, best first) and
+            ``scores`` (list of floats, descending).
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) for an invalid request.
+        """
+        model = self.model
+        if model is None:
+            raise RuntimeError("no model: load_context() was not called")
+        frame = _as_frame(model_input)
+        sessions, ks, excludes = self._validate(frame, params or {})
+        items_out: list[list[Any]] = [[] for _ in sessions]
+        scores_out: list[list[float]] = [[] for _ in sessions]
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, key in enumerate(zip(ks, excludes, strict=True)):
+            groups.setdefault(key, []).append(i)
+        for (k, exclude), rows in groups.items():
+            result = recommend(model, [sessions[r] for r in rows], k=k, exclude_seen=exclude)
+            for j, r in enumerate(rows):
+                scores = result.scores[j]
+                keep = np.isfinite(scores) if exclude else slice(None)
+                items_out[r] = result.items[j][keep].tolist()
+                scores_out[r] = scores[keep].astype(float).tolist()
+        return pd.DataFrame({"items": items_out, "scores": scores_out})
+
+    def _validate(
+        self, frame: pd.DataFrame, params: Mapping[str, Any]
+    ) -> tuple[list[list[Any]], list[int], list[bool]]:
+        """``(sessions, k per session, exclude_seen per session)``; raises a 400 error."""
+        model = self.model
+        assert model is not None
+        n_items = model.n_items
+        unknown = [str(c) for c in frame.columns if c not in COLUMNS]
+        if unknown:
+            raise _bad_request(
+                f"unknown field(s) {unknown}; allowed fields: {list(COLUMNS)} "
+                "('k' and 'exclude_seen' may also be given in 'params')"
+            )
+        if SESSION not in frame.columns:
+            raise _bad_request("missing field 'session' (the list of raw item ids of a session)")
+        n = len(frame)
+        if n == 0:
+            raise _bad_request("empty batch: send at least one session")
+        if n > self.max_batch:
+            raise _bad_request(f"too many sessions: {n} > max_batch={self.max_batch}")
+        default_k = _as_k(params.get(K, DEFAULT_K), "params", n_items)
+        default_exclude = _as_bool(params.get(EXCLUDE_SEEN, False), "params")
+        k_col = frame[K].tolist() if K in frame.columns else [None] * n
+        ex_col = frame[EXCLUDE_SEEN].tolist() if EXCLUDE_SEEN in frame.columns else [None] * n
+        sessions: list[list[Any]] = []
+        ks: list[int] = []
+        excludes: list[bool] = []
+        for i, raw in enumerate(frame[SESSION].tolist()):
+            where = f"session {i}"
+            sessions.append(self._session(raw, where))
+            ks.append(default_k if _is_missing(k_col[i]) else _as_k(k_col[i], where, n_items))
+            excludes.append(
+                default_exclude if _is_missing(ex_col[i]) else _as_bool(ex_col[i], where)
+            )
+        return sessions, ks, excludes
+
+    def _session(self, raw: Any, where: str) -> list[Any]:
+        """One session's ids as a list of Python ints (or strs), validated."""
+        if isinstance(raw, np.ndarray):
+            raw = raw.tolist()
+        if not isinstance(raw, (list, tuple)):
+            raise _bad_request(
+                f"{where}: 'session' must be a list of item ids, got {type(raw).__name__}"
+            )
+        if len(raw) == 0:
+            raise _bad_request(f"{where}: empty session")
+        if len(raw) > self.max_session_length:
+            raise _bad_request(
+                f"{where}: {len(raw)} items > max_session_length={self.max_session_length}"
+            )
+        items: list[Any] = []
+        for x in raw:
+            if self._str_ids:
+                if not isinstance(x, str):
+                    raise _bad_request(f"{where}: item ids must be strings, got {x!r}")
+                items.append(x)
+            else:
+                if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+                    raise _bad_request(f"{where}: item ids must be integers, got {x!r}")
+                items.append(int(x))
+        if not any(x in self._known for x in items):
+            shown = items[:5]
+            raise _bad_request(
+                f"{where}: no item known to the model (items: {shown}"
+                f"{'...' if len(items) > 5 else ''})"
+            )
+        return items
+
+
+# -- logging ---------------------------------------------------------------------------------
+def _requirements() -> list[str]:
+    """Pinned pip requirements of the serving environment (the installed versions)."""
+    out = []
+    for name in ("mlflow", "torch", "numpy", "pandas", "polars"):
+        try:
+            out.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:  # pragma: no cover
+            out.append(name)
+    return out
+
+
+def _signature(model: GRU4Rec) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    id_type = DataType.string if np.asarray(model.item_ids).dtype.kind in "OUS" else DataType.long
+    # No input schema on purpose: MLflow's schema enforcement silently drops unknown columns,
+    # which the model rejects itself (see GRU4RecPyfunc._validate).
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema(
+            [ColSpec(Array(id_type), "items"), ColSpec(Array(DataType.double), "scores")]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec(K, DataType.long, DEFAULT_K),
+                ParamSpec(EXCLUDE_SEEN, DataType.boolean, False),
+            ]
+        ),
+    )
+
+
+def log_pyfunc_model(
+    model_dir_or_model: str | Path | GRU4Rec,
+    artifact_path: str = "recommender",
+    registered_model_name: str | None = None,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_session_length: int = DEFAULT_MAX_SESSION_LENGTH,
+    torch_threads: int | None = None,
+    include_code: bool = True,
+) -> ModelInfo:
+    """Log a GRU4Rec model as an MLflow pyfunc model (to the active run, or a new one).
+
+    The saved model folder becomes the artifact ``gru4rec`` of the MLflow model; the wrapper is
+    logged as code (a generated script importing :class:`GRU4RecPyfunc`), never pickled.
+
+    Args:
+        model_dir_or_model: a folder written by :meth:`GRU4Rec.save` or a trained model.
+        artifact_path: name of the MLflow model inside the run (``runs:/<run_id>/<name>``).
+        registered_model_name: also register it under this name (a new version).
+        max_batch: most sessions per request.
+        max_session_length: most items per session.
+        torch_threads: ``torch.set_num_threads`` in the server (``None``: torch's default).
+        include_code: copy the ``recsys_pipeline`` package into the MLflow model
+            (``code_paths``), so that it loads with the code it was logged with (and without
+            the project installed); if False the serving environment must have the package
+            (it has with ``--env-manager local`` and the editable install).
+
+    Returns:
+        The :class:`mlflow.models.model.ModelInfo` (``model_uri``, ``run_id``, ...).
+    """
+    if mlflow is None:  # pragma: no cover
+        raise ImportError("mlflow is not installed")
+    with tempfile.TemporaryDirectory(prefix="recsys-serving-") as tmp:
+        tmp_dir = Path(tmp)
+        if isinstance(model_dir_or_model, GRU4Rec):
+            model = model_dir_or_model
+            model_dir = model.save(tmp_dir / MODEL_ARTIFACT)
+        else:
+            model_dir = Path(model_dir_or_model)
+            model = GRU4Rec.load(model_dir, device="cpu")
+        code_file = tmp_dir / "gru4rec_recommender.py"
+        code_file.write_text(_CODE_SCRIPT)
+        first = np.asarray(model.item_ids)[: min(3, model.n_items)].tolist()
+        input_example = pd.DataFrame({SESSION: [first]})
+        config = {"max_batch": max_batch, "max_session_length": max_session_length}
+        if torch_threads:
+            config["torch_threads"] = torch_threads
+        code_paths = None
+        if include_code:
+            package = Path(__file__).resolve().parent
+            staged = tmp_dir / "code" / package.name
+            shutil.copytree(package, staged, ignore=shutil.ignore_patterns("__pycache__"))
+            code_paths = [str(staged)]
+        kwargs: dict[str, Any] = {
+            "name": artifact_path,
+            "python_model": str(code_file),
+            "artifacts": {MODEL_ARTIFACT: str(model_dir)},
+            "model_config": config,
+            "signature": _signature(model),
+            "input_example": (input_example, {K: min(DEFAULT_K, model.n_items)}),
+            "pip_requirements": _requirements(),
+            "code_paths": code_paths,
+            "registered_model_name": registered_model_name,
+        }
+        if mlflow.active_run() is not None:
+            info = mlflow.pyfunc.log_model(**kwargs)
+        else:
+            with mlflow.start_run():
+                info = mlflow.pyfunc.log_model(**kwargs)
+    logger.info("logged the GRU4Rec recommender: %s (%s)", info.model_uri, json.dumps(config))
+    return info
