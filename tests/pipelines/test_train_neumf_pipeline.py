@@ -39,6 +39,10 @@ def test_train_neumf_end_to_end(project: Path):
     run(project, "preprocess_movielens")
     run(project, "train_neumf", session={"runtime_params": TINY})
     _check_outputs(project)
+    # with pretraining of the two branches, the NCF part only
+    pretrain = {"neumf": TINY["neumf"] | {"pretrain": True}}
+    run(project, "train_neumf", tags=["ncf"], session={"runtime_params": pretrain})
+    assert len(catalog(project).load("movielens.neumf_ncf_history")) == 2
 
 
 @pytest.mark.slow

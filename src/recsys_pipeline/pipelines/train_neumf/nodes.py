@@ -16,12 +16,29 @@ from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
 logger = logging.getLogger(__name__)
 
 
-def _params(params: dict[str, Any]) -> NeuMFParams:
+def _fit(
+    params: dict[str, Any],
+    train: pl.DataFrame,
+    valid: pl.DataFrame | None = None,
+    valid_negatives: pl.DataFrame | None = None,
+) -> NeuMF:
+    """Fit NeuMF; ``pretrain: true`` first trains GMF and MLP alone with the same settings and
+    initialises NeuMF from them (NCF paper, section 3.4.1). ``num_threads``: torch CPU threads."""
     params = dict(params)
     threads = params.pop("num_threads", None)
+    pretrain = bool(params.pop("pretrain", False))
     if threads:
         torch.set_num_threads(int(threads))
-    return NeuMFParams.from_dict(params)
+    config = NeuMFParams.from_dict(params)
+    pretrained = None
+    if pretrain and config.model == "neumf":
+        parts = []
+        for branch in ("gmf", "mlp"):
+            logger.info("pretraining the %s branch", branch)
+            sub = NeuMFParams.from_dict(config.to_dict() | {"model": branch})
+            parts.append(NeuMF(sub).fit(train, valid, valid_negatives))
+        pretrained = (parts[0], parts[1])
+    return NeuMF(config).fit(train, valid, valid_negatives, pretrained=pretrained)
 
 
 def _history(model: NeuMF) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -44,7 +61,7 @@ def train_neumf_ncf(
 ) -> tuple[NeuMF, list[dict], dict[str, list[dict]]]:
     """NeuMF on the NCF split; validation (never test) drives the early stop at
     ``threshold`` and is reported per epoch."""
-    model = NeuMF(_params(params)).fit(train, valid, valid_negatives)
+    model = _fit(params, train, valid, valid_negatives)
     return model, *_history(model)
 
 
@@ -52,7 +69,7 @@ def train_neumf_time(
     train: pl.DataFrame, params: dict[str, Any]
 ) -> tuple[NeuMF, list[dict], dict[str, list[dict]]]:
     """NeuMF on the global time split's training part."""
-    model = NeuMF(_params(params)).fit(train)
+    model = _fit(params, train)
     return model, *_history(model)
 
 
