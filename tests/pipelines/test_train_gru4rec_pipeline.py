@@ -35,11 +35,12 @@ def test_default_run_trains_evaluates_reports_and_recommends(project: Path):
         pl.len(), pl.col("score").is_sorted(descending=True)
     )
     assert per_session["len"].unique().to_list() == [20] and per_session["score"].all()
-    # the model folder holds weights and JSON, no pickle
+    # the model folder holds state dicts (weights, optimizer state) and JSON, no pickle
     folder = next((project / "data/06_models/synthetic/gru4rec").glob("*/gru4rec"))
     assert sorted(p.name for p in folder.iterdir()) == [
         "history.json",
         "item_ids.json",
+        "optimizer.pt",
         "params.json",
         "weights.pt",
     ]

@@ -49,6 +49,13 @@ distinct columns, each weighted by how often it occurs among the ``B + n_sample`
 columns, which is the same sum; the other losses read their ``[B, B + n_sample]`` columns); the
 rest of the backward pass is written out (GEMMs into reused gradient buffers, the fused gate
 gradients), and each dense parameter is updated as soon as its gradient is complete.
+
+Scheduled retraining (:meth:`GRU4Rec.fine_tune`; not in the reference): training continues on
+new events; items seen for the first time are appended to the vocabulary and every item table
+grows by rows drawn with the reference initialisation, the old rows untouched. The optimizer
+state (Adagrad accumulators, momentum velocities) stays on the model after :meth:`GRU4Rec.fit`,
+is saved as ``optimizer.pt`` (tensors by parameter name) and can be carried into fine-tuning
+(grown with zeros) or reset.
 """
 
 from __future__ import annotations
@@ -658,6 +665,25 @@ class GRULayer(nn.Module):
         return _GRUGates.apply(gx, torch.mm(h, self.Wh), h, self.activation)
 
 
+def _reference_init(
+    shape: tuple[int, ...] | torch.Size,
+    fan_in: int,
+    fan_out: int,
+    sigma: float,
+    init_as_normal: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Values ``shape`` (on the CPU) drawn by the reference rule: uniform
+    ``+-sqrt(6 / (fan_in + fan_out))`` (``sigma > 0`` overrides the width), or ``N(0, width)``
+    with ``init_as_normal``."""
+    width = sigma if sigma > 0 else math.sqrt(6.0 / (fan_in + fan_out))
+    values = torch.empty(shape, dtype=dtype)
+    if init_as_normal:
+        return values.normal_(0.0, width, generator=generator)
+    return values.uniform_(-width, width, generator=generator)
+
+
 class GRU4RecNetwork(nn.Module):
     """The GRU4Rec network: item tables, GRU layers, output ``Wy [n, H]`` and ``By [n]``."""
 
@@ -702,13 +728,11 @@ class GRU4RecNetwork(nn.Module):
         """Reference initialisation (on the CPU generator ``generator``, then copied)."""
 
         def init(param: torch.Tensor, fan_in: int, fan_out: int) -> None:
-            width = sigma if sigma > 0 else math.sqrt(6.0 / (fan_in + fan_out))
-            values = torch.empty(param.shape, dtype=param.dtype)
-            if init_as_normal:
-                values.normal_(0.0, width, generator=generator)
-            else:
-                values.uniform_(-width, width, generator=generator)
-            param.copy_(values)
+            param.copy_(
+                _reference_init(
+                    param.shape, fan_in, fan_out, sigma, init_as_normal, generator, param.dtype
+                )
+            )
 
         if self.mode == "separate":
             init(self.E, *self.E.shape)
@@ -985,6 +1009,9 @@ class GRU4Rec:
         self.item_ids: np.ndarray = np.empty(0, dtype=np.int64)
         self.net: GRU4RecNetwork | None = None
         self.history: list[EpochStats] = []
+        #: one dict per :meth:`fine_tune` round (saved as ``fine_tune.json``)
+        self.fine_tune_rounds: list[dict[str, Any]] = []
+        self._optimizer: IndexedAdagradM | None = None
         self._device = resolve_device(self.params.device)
 
     # -- NextItemModel -----------------------------------------------------------------------
@@ -1036,7 +1063,9 @@ class GRU4Rec:
         """Train from scratch on ``train`` (one row per event, or prepared :class:`SessionData`).
 
         The item vocabulary is the set of training items (ascending raw ids). ``callback`` is
-        called after every epoch with its :class:`EpochStats` (e.g. for pruning).
+        called after every epoch with its :class:`EpochStats` (e.g. for pruning). The optimizer
+        (its Adagrad accumulators and velocities) stays on the model for :meth:`fine_tune` and
+        is saved with it.
 
         Raises:
             FloatingPointError: the loss became NaN/inf (the model is left untrained).
@@ -1051,15 +1080,48 @@ class GRU4Rec:
         )
         if data.n_targets == 0:
             raise ValueError("no training targets: every session has fewer than 2 events")
-        device = self._device
         self.item_ids = data.item_ids
         init_generator = torch.Generator().manual_seed(p.seed)
-        device_generator = torch.Generator(device=device).manual_seed(p.seed + 1)
         net = GRU4RecNetwork(data.n_items, p)
         net.reset_parameters(p.sigma, p.init_as_normal, init_generator)
-        self.net = net.to(device)
+        self.net = net.to(self._device)
         self.history = []
+        self.fine_tune_rounds = []
+        self._optimizer = self._new_optimizer(p.learning_rate)
+        self._train(
+            data, n_epochs=p.n_epochs, seed=p.seed + 1, progress=progress, callback=callback
+        )
+        return self
 
+    def _new_optimizer(self, learning_rate: float) -> IndexedAdagradM:
+        """A fresh optimizer (zero accumulators and velocities) over the network's parameters."""
+        p = self.params
+        return IndexedAdagradM(
+            self._network().parameters(),
+            lr=learning_rate,
+            momentum=p.momentum,
+            lmbd=p.lmbd,
+            adapt=p.adapt,
+        )
+
+    def _train(
+        self,
+        data: SessionData,
+        *,
+        n_epochs: int,
+        seed: int,
+        progress: bool,
+        callback: Callable[[EpochStats], None] | None,
+    ) -> None:
+        """Run ``n_epochs`` epochs on ``data`` (indexed by :attr:`item_ids`) with the model's
+        network and optimizer, appending to :attr:`history` (epoch numbers continue).
+
+        ``seed`` seeds the device generator (samples, dropout); ``seed + 1`` the session order.
+        The negative sampler's popularity is the support of ``data``.
+        """
+        p, net, optimizer, device = self.params, self._network(), self._optimizer, self._device
+        assert optimizer is not None
+        device_generator = torch.Generator(device=device).manual_seed(seed)
         support = data.support()
         sampler = None
         if p.n_sample > 0:
@@ -1075,13 +1137,10 @@ class GRU4Rec:
                 generator=device_generator,
             )
         log_support = torch.log(torch.as_tensor(np.maximum(support, 1), dtype=torch.float32))
-        optimizer = IndexedAdagradM(
-            net.parameters(), lr=p.learning_rate, momentum=p.momentum, lmbd=p.lmbd, adapt=p.adapt
-        )
         step = _TrainStep(net, p, optimizer, sampler, log_support.to(device), device_generator)
         iterator = SessionParallelIterator(data.items, data.offsets, p.batch_size, device=device)
         base_order = data.session_order(p.time_sort)
-        order_rng = np.random.default_rng(p.seed + 2)
+        order_rng = np.random.default_rng(seed + 1)
         logger.info(
             "GRU4Rec: %d items, %d sessions, %d targets/epoch, device %s, %s",
             data.n_items,
@@ -1090,7 +1149,8 @@ class GRU4Rec:
             device,
             p.to_string(),
         )
-        for epoch in range(1, p.n_epochs + 1):
+        first_epoch = self.history[-1].epoch + 1 if self.history else 1
+        for epoch in range(first_epoch, first_epoch + n_epochs):
             order = order_rng.permutation(base_order) if p.train_random_order else base_order
             plan = iterator.plan(order)
             step.state = net.initial_state(plan.n_slots)
@@ -1106,18 +1166,183 @@ class GRU4Rec:
                 )
             except FloatingPointError:
                 self.net = None  # never leave a diverged model behind
+                self._optimizer = None
                 raise
             self.history.append(stats)
             if callback is not None:
                 callback(stats)
         if step.skipped:
             logger.warning("%d mini-batches without any negative were skipped", step.skipped)
+
+    # -- fine-tuning (scheduled retraining) ----------------------------------------------------
+    def fine_tune(
+        self,
+        new_train: pl.DataFrame | SessionData,
+        *,
+        n_epochs: int | None = None,
+        learning_rate: float | None = None,
+        optimizer_state: str = "carry",
+        session_key: str = "SessionId",
+        item_key: str = "ItemId",
+        time_key: str = "Time",
+        progress: bool = True,
+        callback: Callable[[EpochStats], None] | None = None,
+    ) -> Self:
+        """Continue training the fitted model on ``new_train`` (e.g. the latest days of events).
+
+        * Vocabulary: the old items keep their indices and rows; the items of ``new_train``
+          that are not in it are appended in ascending raw-id order (a :class:`SessionData`
+          must already be indexed by the grown vocabulary, see :meth:`grow_items`). Every
+          item-indexed table grows (:meth:`grow_items`).
+        * Optimizer: ``"carry"`` continues with the Adagrad accumulators and velocities of the
+          previous training (fit or fine-tune, or as loaded from ``optimizer.pt``), grown with
+          zero rows for the new items; ``"reset"`` starts from zero state (as :meth:`fit` does).
+          A model without optimizer state (saved before it was persisted) needs ``"reset"``.
+        * Negative samples: the popularity is the support in ``new_train`` only; items that do
+          not occur in it have support 0 and are never sampled as negatives in this round;
+          as they are no inputs or targets either, their rows do not change (the optimizer
+          updates only the rows a step touches).
+        * Randomness: round ``k`` (1, 2, ... over the model's lifetime, saved with it) seeds
+          the new rows with ``seed + 3k``, samples and dropout with ``seed + 3k + 1`` and the
+          session order with ``seed + 3k + 2`` (:meth:`fit` uses ``seed .. seed + 2``).
+        * History: the new epochs are appended, their numbers continuing the old ones; the
+          round is recorded in :attr:`fine_tune_rounds`.
+
+        Args:
+            new_train: the new events (columns ``session_key``, ``item_key``, ``time_key``).
+            n_epochs: epochs of this round (default ``params.n_epochs``; 0 only grows).
+            learning_rate: learning rate of this round (default ``params.learning_rate``).
+            optimizer_state: ``"carry"`` or ``"reset"``.
+            progress: show a progress bar.
+            callback: called with the :class:`EpochStats` of every epoch.
+
+        Raises:
+            RuntimeError: the model is not fitted, or ``"carry"`` without optimizer state.
+            ValueError: a bad argument, or ``new_train`` has no training target.
+            FloatingPointError: the loss became NaN/inf; the model is then left unusable
+                (``net`` is None): reload the saved model.
+        """
+        if optimizer_state not in ("carry", "reset"):
+            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
+        p = self.params
+        n_epochs = p.n_epochs if n_epochs is None else int(n_epochs)
+        learning_rate = p.learning_rate if learning_rate is None else float(learning_rate)
+        if n_epochs < 0 or learning_rate <= 0:
+            raise ValueError(
+                f"need n_epochs >= 0 and learning_rate > 0, got {n_epochs}, {learning_rate}"
+            )
+        self._network()
+        if optimizer_state == "carry" and self._optimizer is None:
+            raise RuntimeError(
+                "optimizer_state='carry' but the model has no optimizer state (saved without "
+                "optimizer.pt?): use optimizer_state='reset'"
+            )
+        if isinstance(new_train, SessionData):
+            data = new_train
+            if not np.array_equal(data.item_ids[: self.n_items], self.item_ids):
+                raise ValueError("SessionData.item_ids must start with the model's item_ids")
+            new_ids = data.item_ids[self.n_items :]
+        else:
+            new_ids = self.new_item_ids(new_train.get_column(item_key))
+            vocab = self._extended_item_ids(new_ids)
+            data = sessions_from_frame(
+                new_train.with_columns(new_train.get_column(item_key).cast(vocab.dtype)),
+                item_ids=vocab.to_numpy(),
+                session_key=session_key,
+                item_key=item_key,
+                time_key=time_key,
+            )
+        if data.n_targets == 0:  # checked before anything changes
+            raise ValueError("no training targets: every session has fewer than 2 events")
+        round_index = len(self.fine_tune_rounds) + 1
+        seed = p.seed + 3 * round_index
+        n_old = self.n_items
+        self.grow_items(new_ids, generator=torch.Generator().manual_seed(seed))
+        if optimizer_state == "reset":
+            self._optimizer = self._new_optimizer(learning_rate)
+        else:
+            assert self._optimizer is not None
+            self._optimizer.lr = learning_rate
+        first_epoch = self.history[-1].epoch + 1 if self.history else 1
+        logger.info(
+            "GRU4Rec fine-tune round %d: %d old + %d new items, %d epochs from epoch %d, "
+            "lr %g, optimizer %s",
+            round_index,
+            n_old,
+            self.n_items - n_old,
+            n_epochs,
+            first_epoch,
+            learning_rate,
+            optimizer_state,
+        )
+        self._train(data, n_epochs=n_epochs, seed=seed + 1, progress=progress, callback=callback)
+        self.fine_tune_rounds.append(
+            {
+                "round": round_index,
+                "n_old_items": n_old,
+                "n_new_items": self.n_items - n_old,
+                "n_epochs": n_epochs,
+                "first_epoch": first_epoch,
+                "learning_rate": learning_rate,
+                "optimizer_state": optimizer_state,
+                "n_events": data.n_events,
+                "n_sessions": data.n_sessions,
+            }
+        )
+        return self
+
+    def new_item_ids(self, ids: np.ndarray | pl.Series | list[Any]) -> np.ndarray:
+        """The distinct ids of ``ids`` outside the vocabulary, ascending ``[n_new]``."""
+        series = pl.Series(ids) if not isinstance(ids, pl.Series) else ids
+        vocab = pl.Series(self.item_ids)
+        distinct = series.cast(vocab.dtype).unique().sort()  # strict cast: foreign ids fail
+        return distinct.filter(~distinct.is_in(vocab)).to_numpy()
+
+    def _extended_item_ids(self, new_ids: np.ndarray) -> pl.Series:
+        """The vocabulary followed by ``new_ids`` (cast to the vocabulary's type)."""
+        vocab = pl.Series(self.item_ids)
+        return pl.concat([vocab, pl.Series(new_ids).cast(vocab.dtype)])
+
+    @torch.no_grad()
+    def grow_items(
+        self, new_ids: np.ndarray | list[Any], *, generator: torch.Generator | None = None
+    ) -> Self:
+        """Append the items ``new_ids [n_new]`` (not in the vocabulary) to the vocabulary.
+
+        Every item-indexed parameter grows by ``n_new`` rows (``Wy [n, H]``, ``By [n]``, and
+        ``E [n, X]`` or the first ``Wx [n, 3 H0]`` in modes *separate* / *none*); the old rows
+        are kept bit for bit, so the scores of old items do not change. The new rows follow the
+        reference rule of :meth:`GRU4RecNetwork.reset_parameters` for the grown table (width
+        ``sqrt(6 / (n_total + d))`` with ``d`` the row size, per gate block for ``Wx``, or
+        ``sigma``; biases zero), drawn from ``generator`` in the order ``E``/``Wx``, ``Wy``.
+        The optimizer state (if any) grows with zero rows.
+        """
+        net = self._network()
+        new_ids = np.asarray(new_ids)
+        if len(new_ids) == 0:
+            return self
+        if np.isin(new_ids, self.item_ids).any() or len(np.unique(new_ids)) != len(new_ids):
+            raise ValueError("new item ids must be distinct and outside the vocabulary")
+        optimizer_state = (
+            None if self._optimizer is None else _optimizer_state_dict(net, self._optimizer)
+        )
+        n_total = self.n_items + len(new_ids)
+        _grow_item_tables(net, self.params, n_total, generator)
+        self.item_ids = self._extended_item_ids(new_ids).to_numpy()
+        if optimizer_state is not None:
+            assert self._optimizer is not None
+            grown = _grow_optimizer_state(net, optimizer_state)
+            self._optimizer = self._new_optimizer(self._optimizer.lr)
+            _load_optimizer_state(net, self._optimizer, grown)
         return self
 
     # -- persistence -------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
         """Write ``weights.pt`` (state_dict), ``params.json``, ``item_ids.json`` and
-        ``history.json`` into the directory ``path``."""
+        ``history.json`` into the directory ``path``; ``optimizer.pt`` (Adagrad accumulators
+        and velocities by parameter name, see :meth:`optimizer_state_dict`) when the model has
+        optimizer state and ``optimizer`` is True (``False``: e.g. for serving); and
+        ``fine_tune.json`` (the rounds of :meth:`fine_tune`) once the model was fine-tuned."""
         net = self._network()
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
@@ -1133,11 +1358,16 @@ class GRU4Rec:
         (directory / "history.json").write_text(
             json.dumps([s.to_dict() for s in self.history], indent=2)
         )
+        if optimizer and self._optimizer is not None:
+            torch.save(self.optimizer_state_dict(), directory / "optimizer.pt")
+        if self.fine_tune_rounds:
+            (directory / "fine_tune.json").write_text(json.dumps(self.fine_tune_rounds, indent=2))
         return directory
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> GRU4Rec:
-        """Load a model written by :meth:`save` (weights with ``weights_only=True``)."""
+        """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
+        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``)."""
         directory = Path(path)
         params = GRU4RecParams.from_dict(json.loads((directory / "params.json").read_text()))
         if device is not None:
@@ -1157,13 +1387,33 @@ class GRU4Rec:
                 EpochStats(**{k: v for k, v in s.items() if k in EpochStats.__dataclass_fields__})
                 for s in json.loads(history.read_text())
             ]
+        optimizer = directory / "optimizer.pt"
+        if optimizer.exists():
+            model._optimizer = model._new_optimizer(params.learning_rate)
+            state = torch.load(optimizer, map_location=model.device, weights_only=True)
+            _load_optimizer_state(net, model._optimizer, state)
+        rounds = directory / "fine_tune.json"
+        if rounds.exists():
+            model.fine_tune_rounds = json.loads(rounds.read_text())
         return model
 
+    def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
+        """The optimizer state: ``acc.<parameter name>`` (Adagrad accumulators) and
+        ``velocity.<parameter name>`` (momentum), each shaped like its parameter (empty
+        ``{}`` without optimizer state; keys absent when ``adapt="sgd"`` / ``momentum=0``)."""
+        if self._optimizer is None:
+            return {}
+        return _optimizer_state_dict(self._network(), self._optimizer)
+
     def to(self, device: str | torch.device) -> Self:
-        """Move the model to ``device``."""
+        """Move the model (and its optimizer state) to ``device``."""
         self._device = resolve_device(device)
         if self.net is not None:
             self.net.to(self._device)
+        if self.net is not None and self._optimizer is not None:  # its state follows
+            state = {k: v.to(self._device) for k, v in self.optimizer_state_dict().items()}
+            self._optimizer = self._new_optimizer(self._optimizer.lr)
+            _load_optimizer_state(self.net, self._optimizer, state)
         return self
 
     def item_index(self, ids: np.ndarray | pl.Series | list[Any]) -> np.ndarray:
@@ -1179,3 +1429,111 @@ class GRU4Rec:
         if self.net is None:
             raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
         return self.net
+
+
+# ------------------------------------------------------- fine-tuning: item growth, optimizer state
+# The optimizer state is exchanged as a flat ``{"acc.<name>" | "velocity.<name>": tensor}`` dict
+# over the network's parameter names (``optimizer.pt``), so that it survives parameters being
+# replaced (item growth) or moved, and loads with ``torch.load(..., weights_only=True)``.
+
+
+def _item_table_names(net: GRU4RecNetwork) -> set[str]:
+    """Names of the item-indexed parameters (first dimension ``n_items``)."""
+    names = {"Wy", "By"}
+    if net.mode == "separate":
+        names.add("E")
+    elif net.mode == "none":
+        names.add("gru.0.Wx")
+    return names
+
+
+@torch.no_grad()
+def _grow_item_tables(
+    net: GRU4RecNetwork,
+    params: GRU4RecParams,
+    n_total: int,
+    generator: torch.Generator | None,
+) -> None:
+    """Grow every item table of ``net`` from ``net.n_items`` to ``n_total`` rows (new
+    :class:`~torch.nn.Parameter` objects; old rows copied). New rows: the reference rule for a
+    ``[n_total, d]`` table (as in :meth:`GRU4RecNetwork.reset_parameters`), biases zero."""
+    n_new = n_total - net.n_items
+    if n_new <= 0:
+        return
+
+    def grown(param: torch.Tensor, fan_out: int | None) -> nn.Parameter:
+        shape = (n_new, *param.shape[1:])
+        if fan_out is None:  # a bias: zero, as reset_parameters
+            rows = torch.zeros(shape, dtype=param.dtype)
+        else:
+            rows = _reference_init(
+                shape, n_total, fan_out, params.sigma, params.init_as_normal, generator, param.dtype
+            )
+        return nn.Parameter(torch.cat([param.detach(), rows.to(param.device)]))
+
+    if net.mode == "separate":
+        net.E = grown(net.E, net.E.shape[1])
+    elif net.mode == "none":
+        first = net.gru[0]
+        first.Wx = grown(first.Wx, first.size)  # per gate block [n, H0]
+    net.Wy = grown(net.Wy, net.Wy.shape[1])
+    net.By = grown(net.By, None)
+    net.n_items = n_total
+
+
+def _optimizer_state_dict(
+    net: GRU4RecNetwork, optimizer: IndexedAdagradM
+) -> dict[str, torch.Tensor]:
+    """``{"acc.<name>": [shape of the parameter], "velocity.<name>": ...}`` of ``optimizer``."""
+    state: dict[str, torch.Tensor] = {}
+    for name, param in net.named_parameters():
+        if param in optimizer.acc:
+            state[f"acc.{name}"] = optimizer.acc[param]
+        if param in optimizer.velocity:
+            state[f"velocity.{name}"] = optimizer.velocity[param]
+    return state
+
+
+@torch.no_grad()
+def _load_optimizer_state(
+    net: GRU4RecNetwork, optimizer: IndexedAdagradM, state: dict[str, torch.Tensor]
+) -> None:
+    """Copy ``state`` (from :func:`_optimizer_state_dict`) into a fresh ``optimizer`` over
+    ``net``'s parameters; the keys and shapes must match exactly.
+
+    Raises:
+        ValueError: missing or unexpected keys, or a shape mismatch.
+    """
+    expected = _optimizer_state_dict(net, optimizer)
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ValueError(
+            f"optimizer state does not fit the model (adapt={optimizer.adapt}, "
+            f"momentum={optimizer.momentum}): missing {missing}, unexpected {extra}"
+        )
+    for key, target in expected.items():
+        value = state[key]
+        if value.shape != target.shape:
+            raise ValueError(
+                f"optimizer state {key}: shape {tuple(value.shape)}, the model needs "
+                f"{tuple(target.shape)}"
+            )
+        target.copy_(value)
+
+
+def _grow_optimizer_state(
+    net: GRU4RecNetwork, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the item tables' accumulators/velocities padded with zero rows up to the
+    (grown) ``net``'s tables; the other entries unchanged."""
+    shapes = {name: param.shape for name, param in net.named_parameters()}
+    items = _item_table_names(net)
+    out = {}
+    for key, value in state.items():
+        name = key.split(".", 1)[1]
+        pad = shapes[name][0] - value.shape[0]
+        grown = value
+        if name in items and pad > 0:
+            grown = torch.cat([value, value.new_zeros((pad, *value.shape[1:]))])
+        out[key] = grown
+    return out
