@@ -12,6 +12,10 @@ warnings.filterwarnings("ignore", message=r".*register_new_resolver\(\) is depre
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
+
+from recsys_pipeline.hooks import RetrainLockHook  # noqa: E402
+
+HOOKS = (RetrainLockHook(),)
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

@@ -1,0 +1,41 @@
+"""Node of ``replay``: Transformers4Rec's day-by-day protocol on a dataset's filtered events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import torch
+from matplotlib.figure import Figure
+
+from recsys_pipeline.replay import plot_replay, replay, split_days
+
+
+def run_replay(
+    events: pl.DataFrame, params: dict[str, Any], gru4rec: dict[str, Any]
+) -> tuple[pl.DataFrame, dict[str, Any], Figure]:
+    """Train on the days before the last ``n_eval_days``, then for each of those days:
+    evaluate (GRU4Rec and the baselines), then fine-tune (or retrain) on it. Returns the
+    per-day table, the time averages and the plot of ``metric`` per day."""
+    model_params = dict(gru4rec[params["dataset"]])
+    threads = model_params.pop("num_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    days = split_days(events, unit_seconds=float(params["time_unit_seconds"]))
+    n_eval = int(params["n_eval_days"])
+    if len(days) <= n_eval:
+        raise ValueError(f"{len(days)} days of data: need more than n_eval_days={n_eval}")
+    result = replay(
+        days,
+        model_params,
+        first_train_days=len(days) - n_eval,
+        n_eval_days=n_eval,
+        fine_tune_epochs=params.get("fine_tune_epochs"),
+        optimizer_state=params["optimizer_state"],
+        mode=params["mode"],
+        sliding_days=int(params["sliding_days"]),
+        cutoffs=tuple(params["cutoffs"]),
+    )
+    summary = result.to_dict()
+    summary.pop("table", None)
+    return result.table, summary, plot_replay(result, metric=params["metric"])

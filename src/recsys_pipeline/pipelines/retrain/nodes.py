@@ -1,0 +1,184 @@
+"""Nodes of ``retrain``: incoming raw files -> protocol + validation -> challenger (fine-tuned
+champion or retrained from scratch) -> champion/challenger decision on the MLflow registry.
+
+Exactly-once ingestion (:mod:`recsys_pipeline.ingest`): new files are recorded in the manifest by
+the last node only, after the decision, so a run killed on the way re-offers them next time. The
+registry's ``champion`` alias moves last (:mod:`recsys_pipeline.champion`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import polars as pl
+import torch
+
+from recsys_pipeline import ingest
+from recsys_pipeline.champion import champion_challenger, current_champion
+from recsys_pipeline.datasets import read_events
+from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
+from recsys_pipeline.pipelines.preprocess.nodes import _config
+from recsys_pipeline.preprocessing import run_protocol
+
+logger = logging.getLogger(__name__)
+
+MODES = ("fine_tune", "scratch_growing", "scratch_sliding")
+
+
+def _model_name(params: dict[str, Any]) -> str:
+    return params["registered_model_name"].format(dataset=params["dataset"])
+
+
+def _paths(params: dict[str, Any]) -> tuple[Path, Path]:
+    dataset = params["dataset"]
+    return (
+        Path(params["incoming_dir"].format(dataset=dataset)),
+        Path(params["manifest"].format(dataset=dataset)),
+    )
+
+
+def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestReport:
+    """New raw files of ``retrain.dataset`` (by checksum); unreadable ones are quarantined with
+    a report and do not stop the others; files seen before are skipped and reported."""
+    if params["mode"] not in MODES:
+        raise ValueError(f"retrain.mode must be one of {MODES}, got {params['mode']!r}")
+    fmt = preprocess[params["dataset"]].get("format", params["dataset"])
+    incoming, manifest = _paths(params)
+    incoming.mkdir(parents=True, exist_ok=True)
+
+    def validate(path: Path) -> None:
+        events = read_events(fmt, path.parent, [path.name])
+        if events.height == 0:
+            raise ValueError(f"{path}: no events")
+
+    report = ingest.scan_incoming(incoming, manifest, validate)
+    logger.info("incoming %s: %s", incoming, report.summary())
+    for skipped in report.skipped:
+        logger.info("skipped (already processed): %s", skipped)
+    for bad in report.quarantined:
+        logger.warning("quarantined: %s", bad)
+    return report
+
+
+def prepare(
+    report: ingest.IngestReport, params: dict[str, Any], preprocess: dict[str, Any]
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """The new files through the dataset's protocol and Great Expectations; the newest
+    ``eval_days`` become the evaluation window, the rest the new training data."""
+    from recsys_pipeline.validation import validate_splits
+
+    if not report.new:
+        raise RuntimeError(
+            f"no new files in {_paths(params)[0]} ({report.summary()}): nothing to retrain on"
+        )
+    pp = dict(preprocess[params["dataset"]])
+    fmt = pp.get("format", params["dataset"])
+    config = _config(pp | {"n_test_days": params["eval_days"], "fixed_tsplit": None})
+    events = pl.concat(
+        [read_events(fmt, f.path.parent, [f.path.name]) for f in report.new], how="vertical"
+    )
+    result = run_protocol(events, config)
+    train, window = result.splits["train_full"], result.splits["test"]
+    validate_splits(
+        {"full": result.full, "train_full": train, "test": window},
+        f"{params['dataset']} (incoming)",
+        cut_test=result.cuts.get("cut_test"),
+        cut_valid=None,
+        min_item_support=config.min_item_support,
+        min_session_length=config.min_session_length,
+    )
+    summary = {
+        "files": [f.path.name for f in report.new],
+        "skipped": [str(s) for s in report.skipped],
+        "quarantined": [str(q) for q in report.quarantined],
+        "train_events": train.height,
+        "window_events": window.height,
+        "cuts": result.cuts,
+    }
+    logger.info("new data: %s", summary)
+    return train, window, summary
+
+
+def train_challenger(
+    new_train: pl.DataFrame,
+    old_train: pl.DataFrame,
+    params: dict[str, Any],
+    gru4rec: dict[str, Any],
+) -> GRU4Rec:
+    """``fine_tune``: continue the current champion on the new data (item tables grow;
+    optimizer state ``carry`` or ``reset``); first run or ``scratch_*``: train from scratch on
+    the old and new data (``scratch_sliding``: only the last ``sliding_days``)."""
+    model_params = dict(gru4rec[params["dataset"]])
+    threads = model_params.pop("num_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    champion = None
+    if params["mode"] == "fine_tune":
+        folder = Path(tempfile.mkdtemp(prefix="champion-"))
+        try:
+            found = current_champion(mlflow.MlflowClient(), _model_name(params), dst_dir=folder)
+            if found is not None:
+                champion = GRU4Rec.load(found[1])
+                logger.info("fine-tuning champion version %s", found[0])
+        finally:
+            if champion is None:
+                shutil.rmtree(folder, ignore_errors=True)
+    if champion is not None:
+        state = params["optimizer_state"]
+        if state == "carry" and not champion.optimizer_state_dict():
+            logger.warning("the champion has no saved optimizer state: resetting it")
+            state = "reset"
+        return champion.fine_tune(
+            new_train, n_epochs=params.get("fine_tune_epochs"), optimizer_state=state
+        )
+    offset = int(old_train["SessionId"].max() or 0) + 1 if old_train.height else 0
+    data = pl.concat(
+        [
+            old_train.select("SessionId", "ItemId", "Time"),
+            new_train.select(pl.col("SessionId") + offset, "ItemId", "Time"),
+        ]
+    )
+    if params["mode"] == "scratch_sliding":
+        unit = float(params.get("time_unit_seconds", 1.0))
+        start = data["Time"].max() - params["sliding_days"] * 86400 / unit
+        keep = data.group_by("SessionId").agg(pl.col("Time").min()).filter(pl.col("Time") >= start)
+        data = data.join(keep.select("SessionId"), on="SessionId", how="semi")
+    logger.info("training a challenger from scratch on %d events", data.height)
+    return GRU4Rec(GRU4RecParams.from_dict(model_params)).fit(data.sort("SessionId", "Time"))
+
+
+def decide(
+    challenger: GRU4Rec,
+    window: pl.DataFrame,
+    new_train: pl.DataFrame,
+    params: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """Champion vs challenger vs most-popular on the same newest window; the challenger is
+    registered and becomes ``champion`` only if it passes the gates and beats the champion by
+    ``margin``. Returns the decision (versioned JSON, also logged to MLflow)."""
+    decision = champion_challenger(
+        challenger,
+        window,
+        new_train,
+        _model_name(params),
+        primary=params["primary"],
+        margin=float(params["margin"]),
+        margin_mode=params["margin_mode"],
+        cutoffs=tuple(evaluation["cutoffs"]),
+        mode=evaluation["mode"],
+        register_rejected=bool(params.get("register_rejected", False)),
+    )
+    logger.info("decision: %s (%s)", "PROMOTE" if decision.promote else "keep", decision.reason)
+    return decision.to_dict()
+
+
+def commit(report: ingest.IngestReport, decision: dict[str, Any]) -> dict[str, Any]:
+    """Record the processed files in the manifest (last step: a killed run re-offers them)."""
+    ingest.commit(report)
+    return {"committed": [f.path.name for f in report.new], "promote": decision["promote"]}

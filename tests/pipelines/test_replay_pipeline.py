@@ -1,0 +1,20 @@
+"""`kedro run --pipelines=replay` on the tiny default run's data (KedroSession, tmp project)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.pipelines.conftest import catalog, run
+from tests.pipelines.test_train_gru4rec_pipeline import TINY
+
+
+def test_replay_writes_per_day_metrics_averages_and_plot(project: Path):
+    run(project, "__default__", session={"runtime_params": TINY})
+    run(project, "replay", session={"runtime_params": TINY | {"replay": {"n_eval_days": 3}}})
+    cat = catalog(project)
+    table = cat.load("replay.table")
+    assert table.height == 3 and table["day"].is_sorted()
+    summary = cat.load("replay.summary")
+    mean = sum(table["gru4rec/mrr@20"]) / 3
+    assert abs(summary["mean"]["gru4rec/mrr@20"] - mean) < 1e-9
+    assert list((project / "data/08_reporting/replay/synthetic").glob("per_day.png/*/per_day.png"))
