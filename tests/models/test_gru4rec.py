@@ -543,7 +543,11 @@ def test_save_load_roundtrip_identical_scores(tmp_path) -> None:
     model = GRU4Rec(_tiny_params(n_epochs=2)).fit(train, progress=False)
     model.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
-        "weights.pt", "params.json", "item_ids.json", "history.json", "optimizer.pt"
+        "weights.pt",
+        "params.json",
+        "item_ids.json",
+        "history.json",
+        "optimizer.pt",
     }  # fmt: skip  (optimizer.pt: Adagrad state for fine-tuning, a state dict too)
     loaded = GRU4Rec.load(tmp_path / "m")
     assert loaded.params == model.params
