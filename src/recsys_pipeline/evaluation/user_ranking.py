@@ -92,12 +92,19 @@ class UserRankingResult(dict[str, float]):
 
 
 def _lookup(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of every value in the sorted ``vocab`` (``-1`` where absent)."""
+    """Index of every value in ``vocab`` (``-1`` where absent). ``vocab`` is sorted unless a
+    fine-tuned model appended new ids after old ones; then an argsort maps the positions back."""
     vocab = np.asarray(vocab)
+    values = np.asarray(values)
     if len(vocab) == 0:
         return np.full(len(values), -1, dtype=np.int64)
+    order = None
+    if len(vocab) > 1 and not bool((vocab[1:] >= vocab[:-1]).all()):
+        order = np.argsort(vocab, kind="stable")
+        vocab = vocab[order]
     pos = np.searchsorted(vocab, values).clip(0, len(vocab) - 1)
-    return np.where(vocab[pos] == values, pos, -1).astype(np.int64)
+    found = pos if order is None else order[pos]
+    return np.where(vocab[pos] == values, found, -1).astype(np.int64)
 
 
 def _uniforms(mode: str, n: int, seed: int) -> np.ndarray | None:

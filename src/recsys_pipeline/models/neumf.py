@@ -323,6 +323,10 @@ class NeuMF:
         self.train_indices = np.zeros(0, dtype=np.int64)
         self.net: NeuMFNetwork | None = None
         self.history: list[dict[str, float]] = []
+        #: one dict per :meth:`fine_tune` round (saved as ``fine_tune.json``)
+        self.fine_tune_rounds: list[dict[str, Any]] = []
+        #: Adam of the last training (fit / fine_tune / optimizer.pt), for :meth:`fine_tune`
+        self._optimizer: torch.optim.Adam | None = None
         self._device = resolve_device(self.params.device)
 
     @property
@@ -362,9 +366,8 @@ class NeuMF:
         Raises:
             ValueError: a user is not in the training data.
         """
-        raw = np.asarray(users)
-        idx = np.searchsorted(self.user_ids, raw).clip(0, max(self.n_users - 1, 0))
-        if self.n_users == 0 or (self.user_ids[idx] != raw).any():
+        idx = _index_of(self.user_ids, np.asarray(users))  # vocab is unsorted after fine_tune
+        if self.n_users == 0 or (idx < 0).any():
             raise ValueError("recommend() got user ids that are not in the training data")
         scores = self.score_all(torch.from_numpy(idx.astype(np.int64)))
         if exclude_train:
@@ -412,36 +415,79 @@ class NeuMF:
             init_from_pretrained(net, pretrained[0]._network(), pretrained[1]._network(), p.alpha)
         self.net = net.to(device)
         self.history = []
-        train_net: nn.Module = net
-        if world > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            train_net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        cuda = device.type == "cuda"
-        optimizer = torch.optim.Adam(
-            net.parameters(), lr=p.learning_rate, betas=(p.beta1, p.beta2), eps=p.eps, fused=cuda
-        )
-        amp_dtype = _amp_dtype(p.amp, device)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-        users_t = torch.from_numpy(data.users).to(device)
-        items_t = torch.from_numpy(data.items).to(device)
+        self.fine_tune_rounds = []
+        self._optimizer = self._new_optimizer(p.learning_rate)
+        logger.info(
+            "NeuMF (%s): %d users, %d items, %d positives, %d samples/epoch, rank %d/%d, "
+            "device %s, %s",
+            p.model, data.n_users, data.n_items, data.n_positives,
+            data.n_positives * (1 + p.negative_samples), rank, world, device, p.to_string(),
+        )  # fmt: skip
         positives = (
             PositiveSet(data.users, data.items, data.n_items, device)
             if p.negative_mode == "exact"
             else None
         )
-        sample_gen = torch.Generator(device=device).manual_seed(p.seed + 1)
-        local_batch = max(1, p.batch_size // world)
-        logger.info(
-            "NeuMF (%s): %d users, %d items, %d positives, %d samples/epoch, rank %d/%d, "
-            "device %s, amp %s, %s",
-            p.model, data.n_users, data.n_items, data.n_positives,
-            data.n_positives * (1 + p.negative_samples), rank, world, device, amp_dtype, p.to_string(),
+        self._train(
+            data.users, data.items, positives, n_epochs=p.n_epochs, seed=p.seed + 1,
+            first_epoch=1, valid=valid, valid_negatives=valid_negatives, user_key=user_key,
+            item_key=item_key, progress=progress, callback=callback,
         )  # fmt: skip
+        return self
+
+    def _new_optimizer(self, learning_rate: float) -> torch.optim.Adam:
+        """A fresh Adam (zero moments) over the network's parameters (fused on CUDA)."""
+        p = self.params
+        return torch.optim.Adam(
+            self._network().parameters(),
+            lr=learning_rate,
+            betas=(p.beta1, p.beta2),
+            eps=p.eps,
+            fused=self._device.type == "cuda",
+        )
+
+    def _train(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        positives: PositiveSet | None,
+        *,
+        n_epochs: int,
+        seed: int,
+        first_epoch: int,
+        valid: pl.DataFrame | None,
+        valid_negatives: pl.DataFrame | None,
+        user_key: str,
+        item_key: str,
+        progress: bool,
+        callback: Callable[[dict[str, float]], None] | None,
+    ) -> None:
+        """``n_epochs`` epochs over the positive pairs ``(users [N], items [N])`` (indices) with
+        the model's network and optimizer, appending to :attr:`history` (epochs numbered from
+        ``first_epoch``). Negatives and the epoch order are drawn from ``seed``, dropout masks
+        from ``seed + 1``."""
+        p, net, optimizer = self.params, self._network(), self._optimizer
+        assert optimizer is not None
+        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        device = self._device
+        train_net: nn.Module = net
+        if world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            train_net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        cuda = device.type == "cuda"
+        amp_dtype = _amp_dtype(p.amp, device)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        users_t = torch.from_numpy(users).to(device)
+        items_t = torch.from_numpy(items).to(device)
+        n_items = self.n_items
+        sample_gen = torch.Generator(device=device).manual_seed(seed)
+        local_batch = max(1, p.batch_size // world)
+        logger.info("NeuMF training: amp %s, epochs %d from %d", amp_dtype, n_epochs, first_epoch)
         with torch.random.fork_rng(devices=[device] if cuda else []):
-            torch.manual_seed(p.seed + 2)  # dropout masks
-            for epoch in range(1, p.n_epochs + 1):
+            torch.manual_seed(seed + 1)  # dropout masks
+            for epoch in range(first_epoch, first_epoch + n_epochs):
                 samples = epoch_samples(
-                    users_t, items_t, data.n_items, p.negative_samples, p.negative_mode,
+                    users_t, items_t, n_items, p.negative_samples, p.negative_mode,
                     positives, sample_gen, rank, world,
                 )  # fmt: skip
                 n_batches = math.ceil(len(samples) / local_batch)
@@ -454,6 +500,7 @@ class NeuMF:
                     )  # fmt: skip
                 except FloatingPointError:
                     self.net = None  # never leave a diverged model behind
+                    self._optimizer = None
                     raise
                 record = {**stats.to_dict(), "loss": _mean_over_ranks(stats.loss, device, world)}
                 record["samples_per_s"] = record["targets_per_s"] * world
@@ -472,7 +519,6 @@ class NeuMF:
                     logger.info("valid HR@10 %.4f >= threshold %.4f: stop", hr, p.threshold)
                     break
         net.eval()
-        return self
 
     def _check_pretrained(self, gmf: NeuMF, mlp: NeuMF) -> None:
         p = self.params
@@ -487,11 +533,187 @@ class NeuMF:
             ):
                 raise ValueError("pretrained models were trained on other users/items")
 
+    # -- fine-tuning (scheduled retraining; not in the reference) -----------------------------
+    def fine_tune(
+        self,
+        new_train: pl.DataFrame,
+        valid: pl.DataFrame | None = None,
+        valid_negatives: pl.DataFrame | None = None,
+        *,
+        n_epochs: int | None = None,
+        learning_rate: float | None = None,
+        optimizer_state: str = "carry",
+        user_key: str = "UserId",
+        item_key: str = "ItemId",
+        progress: bool = True,
+        callback: Callable[[dict[str, float]], None] | None = None,
+    ) -> Self:
+        """Continue training the fitted model on ``new_train`` (e.g. the latest interactions).
+
+        * Vocabularies: old users/items keep their indices and rows; those first seen in
+          ``new_train`` are appended in ascending raw-id order (so ``user_ids`` / ``item_ids``
+          are no longer sorted once an appended id is below an old one). Every embedding table
+          grows (:meth:`grow`).
+        * Training: the epochs run over the positives of ``new_train`` only (negatives drawn
+          over all items; ``exact`` mode excludes every known positive, old and new). Adam
+          updates every row (dense gradients and moments), as in :meth:`fit`.
+        * Optimizer: ``"carry"`` continues with the Adam moments and step counts of the
+          previous training (fit, fine-tune, or ``optimizer.pt``), the moments grown with zero
+          rows for the new users/items; ``"reset"`` starts a fresh Adam (as :meth:`fit`). A
+          model loaded without ``optimizer.pt`` needs ``"reset"``.
+        * ``recommend(exclude_train=True)`` then excludes the union of old and new positives.
+        * Randomness: round ``k`` (1, 2, ... over the model's lifetime, saved with it) draws
+          the new rows from ``seed + 3k``, negatives/order from ``seed + 3k + 1`` and dropout
+          from ``seed + 3k + 2`` (:meth:`fit` uses ``seed .. seed + 2``).
+        * History: the new epochs are appended, their numbers continuing the old ones; the
+          round is recorded in :attr:`fine_tune_rounds`.
+
+        Args:
+            new_train: the new interactions (columns ``user_key``, ``item_key``).
+            valid, valid_negatives: as in :meth:`fit` (sampled HR@10 per epoch, early stop).
+            n_epochs: epochs of this round (default ``params.n_epochs``; 0 only grows).
+            learning_rate: learning rate of this round (default ``params.learning_rate``).
+            optimizer_state: ``"carry"`` or ``"reset"``.
+            progress: show a progress bar.
+            callback: called with every epoch's record.
+
+        Raises:
+            RuntimeError: the model is not fitted, or ``"carry"`` without optimizer state.
+            ValueError: a bad argument or an empty / malformed ``new_train`` (nothing changed).
+            FloatingPointError: the loss became NaN/inf; ``net`` is then None (reload).
+        """
+        if optimizer_state not in ("carry", "reset"):
+            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
+        p = self.params
+        n_epochs = p.n_epochs if n_epochs is None else int(n_epochs)
+        learning_rate = p.learning_rate if learning_rate is None else float(learning_rate)
+        if n_epochs < 0 or learning_rate <= 0:
+            raise ValueError(
+                f"need n_epochs >= 0 and learning_rate > 0, got {n_epochs}, {learning_rate}"
+            )
+        self._network()
+        if optimizer_state == "carry" and self._optimizer is None:
+            raise RuntimeError(
+                "optimizer_state='carry' but the model has no optimizer state (saved without "
+                "optimizer.pt?): use optimizer_state='reset'"
+            )
+        for col in (user_key, item_key):
+            if col not in new_train.columns:
+                raise ValueError(f"frame has no column {col!r} (columns: {new_train.columns})")
+        if new_train.height == 0:
+            raise ValueError("empty interaction frame")
+        # everything is computed and checked before the model changes
+        raw_users = new_train.get_column(user_key).to_numpy()
+        raw_items = new_train.get_column(item_key).to_numpy()
+        new_users = _new_ids(self.user_ids, raw_users)
+        new_items = _new_ids(self.item_ids, raw_items)
+        user_ids = np.concatenate([self.user_ids, new_users])
+        item_ids = np.concatenate([self.item_ids, new_items])
+        n_items = len(item_ids)
+        keys = np.unique(_index_of(user_ids, raw_users) * n_items + _index_of(item_ids, raw_items))
+        users, items = keys // n_items, keys % n_items  # new positives, by user then item
+        old_users = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.train_indptr))
+        union = np.union1d(old_users * n_items + self.train_indices.astype(np.int64), keys)
+        union_data = UserItemData(user_ids, item_ids, union // n_items, union % n_items)
+        if p.negative_mode == "exact":
+            check_exact_possible(union_data)
+
+        round_index = len(self.fine_tune_rounds) + 1
+        seed = p.seed + 3 * round_index
+        n_old_users, n_old_items = self.n_users, self.n_items
+        self.grow(new_users, new_items, generator=torch.Generator().manual_seed(seed))
+        self.train_indptr, self.train_indices = union_data.csr()
+        if optimizer_state == "reset":
+            self._optimizer = self._new_optimizer(learning_rate)
+        else:
+            assert self._optimizer is not None
+            for group in self._optimizer.param_groups:
+                group["lr"] = learning_rate
+        for name, ids in (("user_ids", self.user_ids), ("item_ids", self.item_ids)):
+            if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+                logger.warning(
+                    "NeuMF %s are no longer ascending after fine-tuning: look them up by value "
+                    "(not with searchsorted on the vocabulary)",
+                    name,
+                )
+        first_epoch = int(self.history[-1]["epoch"]) + 1 if self.history else 1
+        logger.info(
+            "NeuMF fine-tune round %d: %d + %d users, %d + %d items, %d positives, %d epochs "
+            "from epoch %d, lr %g, optimizer %s",
+            round_index, n_old_users, len(new_users), n_old_items, len(new_items), len(keys),
+            n_epochs, first_epoch, learning_rate, optimizer_state,
+        )  # fmt: skip
+        positives = (
+            PositiveSet(union_data.users, union_data.items, n_items, self._device)
+            if p.negative_mode == "exact"
+            else None
+        )
+        self._train(
+            users, items, positives, n_epochs=n_epochs, seed=seed + 1, first_epoch=first_epoch,
+            valid=valid, valid_negatives=valid_negatives, user_key=user_key, item_key=item_key,
+            progress=progress, callback=callback,
+        )  # fmt: skip
+        self.fine_tune_rounds.append(
+            {
+                "round": round_index,
+                "n_old_users": n_old_users,
+                "n_new_users": len(new_users),
+                "n_old_items": n_old_items,
+                "n_new_items": len(new_items),
+                "n_epochs": n_epochs,
+                "first_epoch": first_epoch,
+                "learning_rate": learning_rate,
+                "optimizer_state": optimizer_state,
+                "n_positives": len(keys),
+            }
+        )
+        return self
+
+    @torch.no_grad()
+    def grow(
+        self,
+        new_user_ids: np.ndarray | Sequence[Any] = (),
+        new_item_ids: np.ndarray | Sequence[Any] = (),
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Self:
+        """Append users / items (distinct, outside the vocabularies) in the given order.
+
+        Every user table (``P``, ``U``) grows by ``len(new_user_ids)`` rows and every item table
+        (``Q``, ``V``) by ``len(new_item_ids)``, drawn ``N(0, 0.01)`` as
+        :meth:`NeuMFNetwork.reset_parameters` from ``generator`` (on the CPU, in the order
+        ``P``, ``Q``, ``U``, ``V``); the old rows are kept bit for bit, so old users' scores of
+        old items do not change. The new users have no training items. The Adam state (if any)
+        grows with zero moment rows (the per-parameter step counts are kept).
+        """
+        net = self._network()
+        new_users, new_items = np.asarray(new_user_ids), np.asarray(new_item_ids)
+        for ids, vocab, what in ((new_users, self.user_ids, "user"), (new_items, self.item_ids, "item")):  # fmt: skip
+            if np.isin(ids, vocab).any() or len(np.unique(ids)) != len(ids):
+                raise ValueError(f"new {what} ids must be distinct and outside the vocabulary")
+        if len(new_users) == 0 and len(new_items) == 0:
+            return self
+        state = None if self._optimizer is None else _optimizer_state_dict(net, self._optimizer)
+        lr = None if self._optimizer is None else self._optimizer.param_groups[0]["lr"]
+        _grow_tables(net, len(new_users), len(new_items), generator)
+        self.user_ids = _concat_ids(self.user_ids, new_users)
+        self.item_ids = _concat_ids(self.item_ids, new_items)
+        last = self.train_indptr[-1]
+        self.train_indptr = np.concatenate(
+            [self.train_indptr, np.full(len(new_users), last, dtype=self.train_indptr.dtype)]
+        )
+        if state is not None:
+            self._optimizer = self._new_optimizer(lr)
+            _load_optimizer_state(net, self._optimizer, _grow_optimizer_state(net, state))
+        return self
+
     # -- persistence -------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
         """Write ``weights.pt`` (state dict), ``params.json``, ``user_ids.json``,
         ``item_ids.json``, ``history.json`` and ``train_items.npz`` (training items per user,
-        CSR, for ``recommend``) into the directory ``path``."""
+        CSR, for ``recommend``) into the directory ``path``; ``optimizer.pt`` (Adam state by
+        parameter name, see :meth:`optimizer_state_dict`) when the model has optimizer state
+        and ``optimizer`` is True; ``fine_tune.json`` once the model was fine-tuned."""
         net = self._network()
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
@@ -505,11 +727,16 @@ class NeuMF:
         np.savez(
             directory / "train_items.npz", indptr=self.train_indptr, indices=self.train_indices
         )
+        if optimizer and self._optimizer is not None:
+            torch.save(self.optimizer_state_dict(), directory / "optimizer.pt")
+        if self.fine_tune_rounds:
+            (directory / "fine_tune.json").write_text(json.dumps(self.fine_tune_rounds, indent=2))
         return directory
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> NeuMF:
-        """Load a model written by :meth:`save` (weights with ``weights_only=True``)."""
+        """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
+        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``)."""
         directory = Path(path)
         params = NeuMFParams.from_dict(json.loads((directory / "params.json").read_text()))
         if device is not None:
@@ -527,12 +754,142 @@ class NeuMF:
         history = directory / "history.json"
         if history.exists():
             model.history = json.loads(history.read_text())
+        optimizer = directory / "optimizer.pt"
+        if optimizer.exists():
+            model._optimizer = model._new_optimizer(params.learning_rate)
+            state = torch.load(optimizer, map_location=model.device, weights_only=True)
+            _load_optimizer_state(model.net, model._optimizer, state)
+        rounds = directory / "fine_tune.json"
+        if rounds.exists():
+            model.fine_tune_rounds = json.loads(rounds.read_text())
         return model
+
+    def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
+        """The Adam state by parameter name: ``exp_avg.<name>``, ``exp_avg_sq.<name>`` (shaped
+        like the parameter) and ``step.<name>`` (scalar); ``{}`` without optimizer state."""
+        if self._optimizer is None:
+            return {}
+        return _optimizer_state_dict(self._network(), self._optimizer)
 
     def _network(self) -> NeuMFNetwork:
         if self.net is None:
             raise RuntimeError("the model is not trained: call fit() or NeuMF.load() first")
         return self.net
+
+
+# ------------------------------------------------- fine-tuning: vocabulary growth, optimizer state
+# The Adam state is exchanged as a flat ``{"exp_avg.<name>" | "exp_avg_sq.<name>" |
+# "step.<name>": tensor}`` dict over the network's parameter names (``optimizer.pt``), so that it
+# survives parameters being replaced (growth) or moved, and loads with ``weights_only=True``.
+
+_USER_TABLES = ("mf_user", "mlp_user")
+_ITEM_TABLES = ("mf_item", "mlp_item")
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _index_of(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of every value in the (not necessarily sorted) ``vocab``, ``-1`` where absent."""
+    values = np.asarray(values)
+    if len(vocab) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    order = np.argsort(vocab, kind="stable")
+    ordered = vocab[order]
+    pos = np.searchsorted(ordered, values).clip(0, len(vocab) - 1)
+    return np.where(ordered[pos] == values, order[pos], -1).astype(np.int64)
+
+
+def _new_ids(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The distinct ``values`` outside ``vocab``, ascending."""
+    distinct = np.unique(np.asarray(values))
+    return distinct[_index_of(vocab, distinct) < 0]
+
+
+def _concat_ids(vocab: np.ndarray, new: np.ndarray) -> np.ndarray:
+    if len(new) == 0:
+        return vocab
+    return np.concatenate([vocab, new]) if len(vocab) else np.asarray(new)
+
+
+@torch.no_grad()
+def _grow_tables(
+    net: NeuMFNetwork, n_new_users: int, n_new_items: int, generator: torch.Generator | None
+) -> None:
+    """Append ``N(0, 0.01)`` rows to every embedding table (new ``Parameter`` objects)."""
+    for emb in net._embeddings():
+        is_user = any(emb is getattr(net, name, None) for name in _USER_TABLES)
+        n_new = n_new_users if is_user else n_new_items
+        if n_new == 0:
+            continue
+        old = emb.weight
+        rows = torch.empty(n_new, old.shape[1], dtype=old.dtype)
+        rows.normal_(0.0, 0.01, generator=generator)
+        emb.weight = nn.Parameter(torch.cat([old.detach(), rows.to(old.device)]))
+        emb.num_embeddings = emb.weight.shape[0]
+    net.n_items += n_new_items
+
+
+def _optimizer_state_dict(
+    net: NeuMFNetwork, optimizer: torch.optim.Adam
+) -> dict[str, torch.Tensor]:
+    """``{"exp_avg.<name>": ..., "exp_avg_sq.<name>": ..., "step.<name>": ...}`` (detached
+    copies) of the parameters that have Adam state."""
+    out: dict[str, torch.Tensor] = {}
+    for name, param in net.named_parameters():
+        state = optimizer.state.get(param, {})
+        for key in _ADAM_KEYS:
+            if key in state:
+                out[f"{key}.{name}"] = state[key].detach().clone()
+    return out
+
+
+@torch.no_grad()
+def _load_optimizer_state(
+    net: NeuMFNetwork, optimizer: torch.optim.Adam, state: dict[str, torch.Tensor]
+) -> None:
+    """Put ``state`` (from :func:`_optimizer_state_dict`) into a fresh Adam over ``net``.
+
+    Raises:
+        ValueError: unknown keys, an incomplete parameter state, or a shape mismatch.
+    """
+    params = dict(net.named_parameters())
+    names = {key.split(".", 1)[1] for key in state}
+    unknown = sorted(k for k in state if k.split(".", 1)[0] not in _ADAM_KEYS)
+    unknown += sorted(n for n in names if n not in params)
+    if unknown:
+        raise ValueError(f"optimizer state does not fit the model: unexpected {unknown}")
+    fused = bool(optimizer.param_groups[0].get("fused"))
+    for name in names:
+        param = params[name]
+        missing = [k for k in _ADAM_KEYS if f"{k}.{name}" not in state]
+        if missing:
+            raise ValueError(f"optimizer state of {name!r} lacks {missing}")
+        moments = {k: state[f"{k}.{name}"] for k in ("exp_avg", "exp_avg_sq")}
+        for key, value in moments.items():
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"optimizer state {key}.{name}: shape {tuple(value.shape)}, the model needs "
+                    f"{tuple(param.shape)}"
+                )
+        step = state[f"step.{name}"].detach().reshape(())
+        optimizer.state[param] = {
+            # as torch.optim.Adam keeps it: float32, on the parameter's device only when fused
+            "step": step.to(torch.float32).to(param.device if fused else "cpu").clone(),
+            **{k: v.to(param.device, param.dtype).clone() for k, v in moments.items()},
+        }
+
+
+def _grow_optimizer_state(
+    net: NeuMFNetwork, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the moments of the (grown) embedding tables padded with zero rows."""
+    shapes = {name: param.shape for name, param in net.named_parameters()}
+    out = {}
+    for key, value in state.items():
+        kind, name = key.split(".", 1)
+        pad = shapes[name][0] - value.shape[0] if kind != "step" else 0
+        zeros = value.new_zeros((max(pad, 0), *value.shape[1:]))
+        out[key] = torch.cat([value, zeros]) if pad > 0 else value
+    return out
 
 
 # ---------------------------------------------------------------------------------- training
