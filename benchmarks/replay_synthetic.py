@@ -13,7 +13,7 @@ Prints the per-day table and the time-averaged metrics (mean over days and targe
 Examples::
 
     .venv/bin/python benchmarks/replay_synthetic.py
-    .venv/bin/python benchmarks/replay_synthetic.py --mode retrain_growing --json /tmp/r.json
+    .venv/bin/python benchmarks/replay_synthetic.py --mode retrain_growing --json benchmarks/out/replay.json
 """
 
 from __future__ import annotations

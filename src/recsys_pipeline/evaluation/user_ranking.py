@@ -42,6 +42,7 @@ from recsys_pipeline.evaluation.metrics import (
     count_higher_equal,
     rank_from_counts,
 )
+from recsys_pipeline.training.interactions import _lookup
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +90,6 @@ class UserRankingResult(dict[str, float]):
             return f"sampled ranking (legacy NCF protocol), mode={self.mode}"
         excl = ", known items excluded" if self.excluded else ""
         return f"full ranking (user-based{excl}), mode={self.mode}"
-
-
-def _lookup(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of every value in ``vocab`` (``-1`` where absent). ``vocab`` is sorted unless a
-    fine-tuned model appended new ids after old ones; then an argsort maps the positions back."""
-    vocab = np.asarray(vocab)
-    values = np.asarray(values)
-    if len(vocab) == 0:
-        return np.full(len(values), -1, dtype=np.int64)
-    order = None
-    if len(vocab) > 1 and not bool((vocab[1:] >= vocab[:-1]).all()):
-        order = np.argsort(vocab, kind="stable")
-        vocab = vocab[order]
-    pos = np.searchsorted(vocab, values).clip(0, len(vocab) - 1)
-    found = pos if order is None else order[pos]
-    return np.where(vocab[pos] == values, found, -1).astype(np.int64)
 
 
 def _uniforms(mode: str, n: int, seed: int) -> np.ndarray | None:
