@@ -275,3 +275,38 @@ def test_server_rejects_malformed_json(server: str) -> None:
     assert 400 <= status < 500
     status, answer = _post(f"{server}/invocations", {"records": [{"session": [4000]}]})
     assert status == 400, answer
+
+
+# --------------------------------------------------------------------------- NeuMF
+def test_neumf_pyfunc_in_process(tracking: str, tmp_path: Path) -> None:
+    import polars as pl
+
+    from recsys_pipeline.models.neumf import NeuMF
+
+    rng = np.random.default_rng(0)
+    train = pl.DataFrame(
+        {"UserId": rng.integers(1, 41, 800), "ItemId": rng.integers(100, 160, 800)}
+    ).unique()
+    model = NeuMF(factors=4, layers=[8, 4], n_epochs=1, batch_size=512, device="cpu").fit(
+        train, progress=False
+    )
+    info = log_pyfunc_model(model, torch_threads=1, registered_model_name="neumf_serving_test")
+    assert (
+        Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path)))
+        / "artifacts"
+        / "neumf"
+        / "user_ids.json"
+    ).exists()
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    users = model.user_ids[:3].tolist()
+    out = pyfunc.predict(pd.DataFrame({"user": users}), params={"k": 5})
+    ids, scores = model.recommend(users, k=5)
+    assert out["items"].tolist() == ids.tolist()
+    np.testing.assert_allclose(np.array(out["scores"].tolist()), scores, rtol=1e-5)
+    # k per row, exclude_train false
+    out = pyfunc.predict(pd.DataFrame({"user": users[:1], "k": [3], "exclude_train": [False]}))
+    assert len(out["items"][0]) == 3
+    with pytest.raises(MlflowException, match="not known"):
+        pyfunc.predict(pd.DataFrame({"user": [999_999]}))
+    with pytest.raises(MlflowException, match="unknown field"):
+        pyfunc.predict(pd.DataFrame({"user": users, "session": [[1]] * 3}))

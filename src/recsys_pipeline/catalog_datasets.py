@@ -117,6 +117,16 @@ class AtomicPolarsDataset(EagerPolarsDataset):
         self._invalidate_cache()
 
 
+class OptionalPolarsDataset(AtomicPolarsDataset):
+    """:class:`AtomicPolarsDataset` whose ``load`` gives an empty frame (no columns) when nothing
+    was saved yet (e.g. ``retrain.old_train`` of a dataset without a preprocessed history)."""
+
+    def load(self) -> pl.DataFrame:
+        if not self._exists():
+            return pl.DataFrame()
+        return super().load()
+
+
 class AtomicJSONDataset(JSONDataset):
     """``json.JSONDataset`` with an atomic save."""
 
@@ -146,7 +156,7 @@ class GRU4RecModelDataset(AbstractVersionedDataset):
     Args:
         filepath: The folder, e.g. ``data/06_models/diginetica/gru4rec``.
         model: ``gru4rec``, ``neumf``, ``most_popular`` or ``last_item_cooccurrence`` (the class
-            to load).
+            to load), or ``auto``: ``neumf`` if the folder has ``user_ids.json``, else ``gru4rec``.
         log_to_mlflow: Log the saved folder to the active MLflow run, if there is one.
         artifact_path: Where in the run's artifacts.
     """
@@ -178,7 +188,13 @@ class GRU4RecModelDataset(AbstractVersionedDataset):
         return classes[self._model]
 
     def load(self) -> Any:
-        return self._model_class().load(str(self._get_load_path()))
+        path = str(self._get_load_path())
+        if self._model == "auto":
+            from recsys_pipeline.models import gru4rec, neumf
+
+            cls = neumf.NeuMF if (Path(path) / "user_ids.json").exists() else gru4rec.GRU4Rec
+            return cls.load(path)
+        return self._model_class().load(path)
 
     def save(self, data: Any) -> None:
         target = Path(str(self._get_save_path()))

@@ -44,7 +44,7 @@ import polars as pl
 from recsys_pipeline.evaluation import evaluate
 from recsys_pipeline.models.baselines import MostPopular
 from recsys_pipeline.models.gru4rec import GRU4Rec
-from recsys_pipeline.serving import MODEL_ARTIFACT, log_pyfunc_model
+from recsys_pipeline.serving import MODEL_ARTIFACT, NEUMF_ARTIFACT, log_pyfunc_model
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,10 +63,12 @@ __all__ = [
 
 #: registry alias of the serving model
 CHAMPION_ALIAS = "champion"
+#: model kinds of :func:`champion_challenger` / :func:`current_champion` -> pyfunc artifact key
+KINDS = {"gru4rec": MODEL_ARTIFACT, "neumf": NEUMF_ARTIFACT}
 #: how :func:`decide` applies the margin
 MARGIN_MODES = ("absolute", "relative")
 #: metric keys of an evaluation result that are bookkeeping, not quality
-_NOT_QUALITY = frozenset({"seconds", "targets_per_s"})
+_NOT_QUALITY = frozenset({"seconds", "targets_per_s", "users_per_s"})
 
 
 @dataclasses.dataclass
@@ -227,18 +229,18 @@ def _client(client: MlflowClient | None) -> MlflowClient:
     return MlflowClient()
 
 
-def _model_folder(downloaded: Path) -> Path:
-    """The GRU4Rec folder inside a downloaded pyfunc model (its ``gru4rec`` artifact)."""
+def _model_folder(downloaded: Path, artifact: str = MODEL_ARTIFACT) -> Path:
+    """The model folder inside a downloaded pyfunc model (its ``gru4rec``/``neumf`` artifact)."""
     import yaml
 
     mlmodel = downloaded / "MLmodel"
     if mlmodel.exists():
         spec = yaml.safe_load(mlmodel.read_text()) or {}
         artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-        entry = artifacts.get(MODEL_ARTIFACT)
+        entry = artifacts.get(artifact)
         if isinstance(entry, Mapping) and entry.get("path"):
             return downloaded / str(entry["path"])
-    return downloaded / "artifacts" / MODEL_ARTIFACT
+    return downloaded / "artifacts" / artifact
 
 
 def current_champion(
@@ -246,8 +248,10 @@ def current_champion(
     model_name: str,
     alias: str = CHAMPION_ALIAS,
     dst_dir: str | Path | None = None,
+    kind: str = "gru4rec",
 ) -> tuple[str, Path] | None:
-    """The version carrying ``alias`` and its GRU4Rec folder, downloaded.
+    """The version carrying ``alias`` and its GRU4Rec (or NeuMF: ``kind="neumf"``) folder,
+    downloaded.
 
     Args:
         client: an :class:`mlflow.MlflowClient` (``None``: one for the current tracking URI).
@@ -263,6 +267,9 @@ def current_champion(
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
+    artifact = KINDS[kind]
     client = _client(client)
     try:
         version = client.get_model_version_by_alias(model_name, alias)
@@ -277,11 +284,11 @@ def current_champion(
     downloaded = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target))
     )
-    folder = _model_folder(downloaded)
+    folder = _model_folder(downloaded, artifact)
     if not (folder / "params.json").exists():
         raise FileNotFoundError(
-            f"{model_name} version {version.version} has no GRU4Rec folder "
-            f"(artifact {MODEL_ARTIFACT!r}) at {folder}"
+            f"{model_name} version {version.version} has no {kind} folder "
+            f"(artifact {artifact!r}) at {folder}"
         )
     logger.info("champion: %s version %s", model_name, version.version)
     return str(version.version), folder
@@ -321,7 +328,7 @@ def _log_decision(decision: Decision, artifact_file: str) -> None:
 
 
 def champion_challenger(
-    challenger_model: GRU4Rec | str | Path,
+    challenger_model: Any,
     window: pl.DataFrame,
     train_for_baseline: pl.DataFrame,
     model_name: str,
@@ -337,6 +344,7 @@ def champion_challenger(
     artifact_file: str = "decision.json",
     evaluate_kwargs: Mapping[str, Any] | None = None,
     log_kwargs: Mapping[str, Any] | None = None,
+    kind: str = "gru4rec",
 ) -> Decision:
     """Evaluate, decide, register and (only on promotion, last) move the champion alias.
 
@@ -355,6 +363,12 @@ def champion_challenger(
         evaluate_kwargs: extra arguments of ``evaluate`` (e.g. ``batch_size``, ``item_chunk``).
         log_kwargs: extra arguments of :func:`~recsys_pipeline.serving.log_pyfunc_model`
             (e.g. ``torch_threads``, ``include_code``).
+        kind: ``"gru4rec"`` (default, as above) or ``"neumf"``: a NeuMF model or folder; the
+            models are evaluated with the user-based
+            :func:`~recsys_pipeline.evaluation.user_ranking.full_ranking` on ``window`` (UserId,
+            ItemId) leaving out each user's ``train_for_baseline`` items, and the baseline is
+            :class:`~recsys_pipeline.evaluation.user_baselines.UserPopularity` fit on
+            ``train_for_baseline``.
 
     Returns:
         The :class:`Decision` (``challenger_version`` set when the challenger was registered).
@@ -365,28 +379,48 @@ def champion_challenger(
     """
     import mlflow
 
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     client = _client(client)
+    model_class: Any = GRU4Rec
+    if kind == "neumf":
+        from recsys_pipeline.models.neumf import NeuMF
+
+        model_class = NeuMF
     challenger = (
         challenger_model
-        if isinstance(challenger_model, GRU4Rec)
-        else GRU4Rec.load(challenger_model, device="cpu")
+        if isinstance(challenger_model, model_class)
+        else model_class.load(challenger_model, device="cpu")
     )
     eval_args: dict[str, Any] = {"progress": False, **dict(evaluate_kwargs or {})}
 
     def run_eval(model: Any, role: str) -> dict[str, float]:
-        metrics = _plain(evaluate(model, window, cutoffs=cutoffs, mode=mode, **eval_args))
+        if kind == "neumf":
+            from recsys_pipeline.evaluation.user_ranking import full_ranking
+
+            result = full_ranking(
+                model, window, exclude=train_for_baseline, cutoffs=cutoffs, mode=mode, **eval_args
+            )
+        else:
+            result = evaluate(model, window, cutoffs=cutoffs, mode=mode, **eval_args)
+        metrics = _plain(result)
         logger.info("%s on the window: %s = %.6g", role, primary, metrics.get(primary, math.nan))
         return metrics
 
     challenger_metrics = run_eval(challenger, "challenger")
-    baseline_metrics = run_eval(MostPopular.fit(train_for_baseline), "most-popular")
+    if kind == "neumf":
+        from recsys_pipeline.evaluation.user_baselines import UserPopularity
+
+        baseline_metrics = run_eval(UserPopularity().fit(train_for_baseline), "popularity")
+    else:
+        baseline_metrics = run_eval(MostPopular.fit(train_for_baseline), "most-popular")
     champion_metrics: dict[str, float] | None = None
     champion_version: str | None = None
     with tempfile.TemporaryDirectory(prefix="recsys-champion-") as tmp:
-        found = current_champion(client, model_name, alias=alias, dst_dir=tmp)
+        found = current_champion(client, model_name, alias=alias, dst_dir=tmp, kind=kind)
         if found is not None:
             champion_version, folder = found
-            champion_metrics = run_eval(GRU4Rec.load(folder, device="cpu"), "champion")
+            champion_metrics = run_eval(model_class.load(folder, device="cpu"), "champion")
     decision = decide(
         challenger_metrics,
         champion_metrics,

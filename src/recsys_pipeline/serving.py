@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_SESSION_LENGTH",
     "GRU4RecPyfunc",
+    "NeuMFPyfunc",
     "RequestError",
     "log_pyfunc_model",
 ]
@@ -98,12 +99,23 @@ DEFAULT_MAX_SESSION_LENGTH = 10_000
 #: input columns; ``session`` is required
 SESSION, K, EXCLUDE_SEEN = "session", "k", "exclude_seen"
 COLUMNS = (SESSION, K, EXCLUDE_SEEN)
+#: artifact key of the saved NeuMF folder inside the MLflow model
+NEUMF_ARTIFACT = "neumf"
+#: NeuMF input columns; ``user`` (one raw user id per row) is required
+USER, EXCLUDE_TRAIN = "user", "exclude_train"
+NEUMF_COLUMNS = (USER, K, EXCLUDE_TRAIN)
 
 _CODE_SCRIPT = (
     '"""MLflow models-from-code entry point: the GRU4Rec recommender (recsys_pipeline.serving)."""\n'
     "from mlflow.models import set_model\n\n"
     "from recsys_pipeline.serving import GRU4RecPyfunc\n\n"
     "set_model(GRU4RecPyfunc())\n"
+)
+_NEUMF_CODE_SCRIPT = (
+    '"""MLflow models-from-code entry point: the NeuMF recommender (recsys_pipeline.serving)."""\n'
+    "from mlflow.models import set_model\n\n"
+    "from recsys_pipeline.serving import NeuMFPyfunc\n\n"
+    "set_model(NeuMFPyfunc())\n"
 )
 
 
@@ -315,6 +327,109 @@ class GRU4RecPyfunc(_PythonModel):
         return items
 
 
+class NeuMFPyfunc(_PythonModel):
+    """MLflow pyfunc wrapper of a saved NeuMF folder: top-k items per user.
+
+    Request: one record per user, ``{"dataframe_records": [{"user": 196}, {"user": 22, "k": 5}],
+    "params": {"k": 10, "exclude_train": true}}``; ``user`` (required) a raw user id of the
+    training data, ``k`` (``1 <= k <= n_items``, default 20) and ``exclude_train`` (default true:
+    the user's training items are not recommended) per request or per row. Response: ``items``
+    (raw ids, best first) and ``scores`` (logits, descending) per user, via
+    :meth:`~recsys_pipeline.models.neumf.NeuMF.recommend`. Invalid requests (unknown column or
+    user, bad ``k``) are HTTP 400. Config: ``max_batch`` (default 1000), ``device``,
+    ``torch_threads``.
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.max_batch = DEFAULT_MAX_BATCH
+        self._known: frozenset[Any] = frozenset()
+        self._str_ids = False
+
+    def load_context(self, context: Any) -> None:
+        """Load the NeuMF folder ``context.artifacts["neumf"]`` and read the config."""
+        from recsys_pipeline.models.neumf import NeuMF
+
+        config = dict(getattr(context, "model_config", None) or {})
+        self.configure(
+            NeuMF.load(context.artifacts[NEUMF_ARTIFACT], device=config.get("device", "cpu")),
+            max_batch=int(config.get("max_batch", DEFAULT_MAX_BATCH)),
+        )
+        threads = config.get("torch_threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+
+    def configure(self, model: Any, max_batch: int = DEFAULT_MAX_BATCH) -> NeuMFPyfunc:
+        """Use an already loaded NeuMF ``model`` (also what ``load_context`` calls)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be positive")
+        self.model = model
+        self.max_batch = max_batch
+        ids = np.asarray(model.user_ids)
+        self._str_ids = ids.dtype.kind in "OUS"
+        self._known = frozenset(ids.tolist())
+        return self
+
+    def predict(
+        self,
+        context: Any,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Top-k recommendations for every user of ``model_input`` (rows in order)."""
+        model = self.model
+        if model is None:
+            raise RuntimeError("no model: load_context() was not called")
+        frame = _as_frame(model_input)
+        params = params or {}
+        unknown = [str(c) for c in frame.columns if c not in NEUMF_COLUMNS]
+        if unknown:
+            raise _bad_request(f"unknown field(s) {unknown}; allowed fields: {list(NEUMF_COLUMNS)}")
+        if USER not in frame.columns:
+            raise _bad_request("missing field 'user' (a raw user id)")
+        n = len(frame)
+        if n == 0:
+            raise _bad_request("empty batch: send at least one user")
+        if n > self.max_batch:
+            raise _bad_request(f"too many users: {n} > max_batch={self.max_batch}")
+        n_items = int(model.n_items)
+        default_k = _as_k(params.get(K, DEFAULT_K), "params", n_items)
+        default_ex = params.get(EXCLUDE_TRAIN, True)
+        if not isinstance(default_ex, (bool, np.bool_)):
+            raise _bad_request(f"params: 'exclude_train' must be true or false, got {default_ex!r}")
+        k_col = frame[K].tolist() if K in frame.columns else [None] * n
+        ex_col = frame[EXCLUDE_TRAIN].tolist() if EXCLUDE_TRAIN in frame.columns else [None] * n
+        users, groups = [], {}
+        for i, raw in enumerate(frame[USER].tolist()):
+            where = f"row {i}"
+            if self._str_ids:
+                ok = isinstance(raw, str)
+            else:
+                ok = isinstance(raw, numbers.Integral) and not isinstance(raw, (bool, np.bool_))
+            user = (raw if self._str_ids else int(raw)) if ok else raw
+            if not ok or user not in self._known:
+                raise _bad_request(f"{where}: user {raw!r} is not known to the model")
+            users.append(user)
+            k = default_k if _is_missing(k_col[i]) else _as_k(k_col[i], where, n_items)
+            ex = ex_col[i]
+            if _is_missing(ex):
+                ex = default_ex
+            elif not isinstance(ex, (bool, np.bool_)):
+                raise _bad_request(f"{where}: 'exclude_train' must be true or false, got {ex!r}")
+            groups.setdefault((k, bool(ex)), []).append(i)
+        items_out: list[list[Any]] = [[] for _ in users]
+        scores_out: list[list[float]] = [[] for _ in users]
+        for (k, ex), rows in groups.items():
+            ids, scores = model.recommend([users[r] for r in rows], k=k, exclude_train=ex)
+            for j, r in enumerate(rows):
+                keep = np.isfinite(scores[j])
+                items_out[r] = ids[j][keep].tolist()
+                scores_out[r] = scores[j][keep].astype(float).tolist()
+        return pd.DataFrame({"items": items_out, "scores": scores_out})
+
+
 # -- logging ---------------------------------------------------------------------------------
 def _requirements() -> list[str]:
     """Pinned pip requirements of the serving environment (the installed versions)."""
@@ -327,7 +442,7 @@ def _requirements() -> list[str]:
     return out
 
 
-def _signature(model: GRU4Rec) -> Any:
+def _signature(model: Any, neumf: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
@@ -343,14 +458,27 @@ def _signature(model: GRU4Rec) -> Any:
         params=ParamSchema(
             [
                 ParamSpec(K, DataType.long, DEFAULT_K),
-                ParamSpec(EXCLUDE_SEEN, DataType.boolean, False),
+                ParamSpec(EXCLUDE_TRAIN, DataType.boolean, True)
+                if neumf
+                else ParamSpec(EXCLUDE_SEEN, DataType.boolean, False),
             ]
         ),
     )
 
 
+def is_neumf(model_dir_or_model: Any) -> bool:
+    """Whether a model or a saved model folder is a NeuMF (its folder has ``user_ids.json``)."""
+    from recsys_pipeline.models.neumf import NeuMF
+
+    if isinstance(model_dir_or_model, NeuMF):
+        return True
+    if isinstance(model_dir_or_model, str | Path):
+        return (Path(model_dir_or_model) / "user_ids.json").exists()
+    return False
+
+
 def log_pyfunc_model(
-    model_dir_or_model: str | Path | GRU4Rec,
+    model_dir_or_model: Any,
     artifact_path: str = "recommender",
     registered_model_name: str | None = None,
     *,
@@ -359,7 +487,11 @@ def log_pyfunc_model(
     torch_threads: int | None = None,
     include_code: bool = True,
 ) -> ModelInfo:
-    """Log a GRU4Rec model as an MLflow pyfunc model (to the active run, or a new one).
+    """Log a GRU4Rec (or NeuMF) model as an MLflow pyfunc model (to the active run, or a new one).
+
+    A :class:`~recsys_pipeline.models.neumf.NeuMF` model or folder is logged with
+    :class:`NeuMFPyfunc` as the artifact ``neumf`` (input ``user``, see its docstring);
+    ``max_session_length`` does not apply to it.
 
     The saved model folder becomes the artifact ``gru4rec`` of the MLflow model; the wrapper is
     logged as code (a generated script importing :class:`GRU4RecPyfunc`), never pickled.
@@ -381,18 +513,35 @@ def log_pyfunc_model(
     """
     if mlflow is None:  # pragma: no cover
         raise ImportError("mlflow is not installed")
+    neumf = is_neumf(model_dir_or_model)
     with tempfile.TemporaryDirectory(prefix="recsys-serving-") as tmp:
         tmp_dir = Path(tmp)
-        if isinstance(model_dir_or_model, GRU4Rec):
+        if neumf:
+            from recsys_pipeline.models.neumf import NeuMF
+
+            if isinstance(model_dir_or_model, NeuMF):
+                model = model_dir_or_model
+                model_dir = model.save(tmp_dir / NEUMF_ARTIFACT)
+            else:
+                model_dir = Path(model_dir_or_model)
+                model = NeuMF.load(model_dir, device="cpu")
+            code_file = tmp_dir / "neumf_recommender.py"
+            code_file.write_text(_NEUMF_CODE_SCRIPT)
+            first_users = np.asarray(model.user_ids)[: min(3, model.n_users)].tolist()
+            input_example = pd.DataFrame({USER: first_users})
+            artifact_key = NEUMF_ARTIFACT
+        elif isinstance(model_dir_or_model, GRU4Rec):
             model = model_dir_or_model
             model_dir = model.save(tmp_dir / MODEL_ARTIFACT)
         else:
             model_dir = Path(model_dir_or_model)
             model = GRU4Rec.load(model_dir, device="cpu")
-        code_file = tmp_dir / "gru4rec_recommender.py"
-        code_file.write_text(_CODE_SCRIPT)
-        first = np.asarray(model.item_ids)[: min(3, model.n_items)].tolist()
-        input_example = pd.DataFrame({SESSION: [first]})
+        if not neumf:
+            code_file = tmp_dir / "gru4rec_recommender.py"
+            code_file.write_text(_CODE_SCRIPT)
+            first = np.asarray(model.item_ids)[: min(3, model.n_items)].tolist()
+            input_example = pd.DataFrame({SESSION: [first]})
+            artifact_key = MODEL_ARTIFACT
         config = {"max_batch": max_batch, "max_session_length": max_session_length}
         if torch_threads:
             config["torch_threads"] = torch_threads
@@ -405,9 +554,9 @@ def log_pyfunc_model(
         kwargs: dict[str, Any] = {
             "name": artifact_path,
             "python_model": str(code_file),
-            "artifacts": {MODEL_ARTIFACT: str(model_dir)},
+            "artifacts": {artifact_key: str(model_dir)},
             "model_config": config,
-            "signature": _signature(model),
+            "signature": _signature(model, neumf),
             "input_example": (input_example, {K: min(DEFAULT_K, model.n_items)}),
             "pip_requirements": _requirements(),
             "code_paths": code_paths,
@@ -418,5 +567,10 @@ def log_pyfunc_model(
         else:
             with mlflow.start_run():
                 info = mlflow.pyfunc.log_model(**kwargs)
-    logger.info("logged the GRU4Rec recommender: %s (%s)", info.model_uri, json.dumps(config))
+    logger.info(
+        "logged the %s recommender: %s (%s)",
+        "NeuMF" if neumf else "GRU4Rec",
+        info.model_uri,
+        json.dumps(config),
+    )
     return info

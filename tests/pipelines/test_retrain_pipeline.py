@@ -91,3 +91,62 @@ def test_a_second_run_at_the_same_time_is_refused(project: Path):
     # the holder died: the lock is free again (the run now fails later, for lack of data)
     with pytest.raises(RuntimeError, match="no new files"):
         run(project, "retrain", session={"runtime_params": RETRAIN})
+
+
+NEUMF_RETRAIN = {
+    "retrain": {"dataset": "movielens", "model": "neumf", "ratings_variant": "ml-100k"},
+    "neumf": {
+        "factors": 8,
+        "layers": [16, 8],
+        "dropout": 0.0,
+        "n_epochs": 20,  # 2 epochs do not beat the popularity baseline on these ratings
+        "batch_size": 2048,
+        "device": "cpu",
+        "num_threads": 1,
+    },
+}
+
+
+def _incoming_ratings(project: Path, start: int, seed: int) -> Path:
+    from recsys_pipeline.synthetic_ratings import RatingsConfig, write_ratings
+
+    folder = project / "data/01_raw/movielens/incoming"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = RatingsConfig(
+        n_users=300, n_items=300, n_ratings=15_000, start=start, span_days=21, seed=seed
+    )
+    path = write_ratings("ml-100k", project / f"tmp-ratings-{seed}", config)
+    path.rename(folder / f"{start}-u.data")
+    return folder
+
+
+def _neumf_catalog(project: Path):
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, runtime_params=NEUMF_RETRAIN) as session:
+        return session.load_context().catalog
+
+
+def test_retrain_neumf_promotes_then_fine_tunes(project: Path):
+    start = 874_724_710
+    _incoming_ratings(project, start, seed=3)
+    run(project, "retrain", session={"runtime_params": NEUMF_RETRAIN})
+    first = _neumf_catalog(project).load("retrain.decision")
+    assert first["promote"] and first["reason"].startswith("first champion"), first["reason"]
+    assert first["champion"] is None and first["challenger_version"] == "1"
+    assert first["model_name"] == "movielens_neumf"
+
+    # a later batch: the NeuMF champion is fine-tuned on it and compared on its newest day
+    _incoming_ratings(project, start + 21 * 86400, seed=4)
+    run(project, "retrain", session={"runtime_params": NEUMF_RETRAIN})
+    second = _neumf_catalog(project).load("retrain.decision")
+    assert second["champion_version"] == "1", second
+    assert second["champion"] is not None and second["baseline"] is not None
+    client = mlflow.MlflowClient()
+    alias = str(client.get_model_version_by_alias("movielens_neumf", "champion").version)
+    expected = second["challenger_version"] if second["promote"] else "1"
+    assert alias == expected, second["reason"]
+    from recsys_pipeline.models.neumf import NeuMF
+
+    model = _neumf_catalog(project).load("retrain.challenger")
+    assert isinstance(model, NeuMF) and model.fine_tune_rounds  # fine-tuned, not from scratch

@@ -1,6 +1,13 @@
 """Nodes of ``retrain``: incoming raw files -> protocol + validation -> challenger (fine-tuned
 champion or retrained from scratch) -> champion/challenger decision on the MLflow registry.
 
+``retrain.model``: ``gru4rec`` (default; session files of the dataset's raw format) or ``neumf``
+(MovieLens rating files of ``retrain.ratings_variant``; the newest ``eval_days`` of the new
+ratings are the window, scored with the user-based full ranking). For ``neumf`` there is no old
+history: the first run trains from scratch on the new ratings only (params ``neumf``), later
+runs fine-tune the champion (``mode: fine_tune``) or again train from scratch on the new
+ratings only (``scratch_*``).
+
 Exactly-once ingestion (:mod:`recsys_pipeline.ingest`): new files are recorded in the manifest by
 the last node only, after the decision, so a run killed on the way re-offers them next time. The
 registry's ``champion`` alias moves last (:mod:`recsys_pipeline.champion`).
@@ -28,10 +35,24 @@ from recsys_pipeline.preprocessing import run_protocol
 logger = logging.getLogger(__name__)
 
 MODES = ("fine_tune", "scratch_growing", "scratch_sliding")
+MODELS = ("gru4rec", "neumf")
+
+
+def _kind(params: dict[str, Any]) -> str:
+    kind = params.get("model", "gru4rec")
+    if kind not in MODELS:
+        raise ValueError(f"retrain.model must be one of {MODELS}, got {kind!r}")
+    return kind
 
 
 def _model_name(params: dict[str, Any]) -> str:
-    return params["registered_model_name"].format(dataset=params["dataset"])
+    return params["registered_model_name"].format(dataset=params["dataset"], model=_kind(params))
+
+
+def _read_ratings(params: dict[str, Any], path: Path) -> pl.DataFrame:
+    from recsys_pipeline.datasets.movielens import read_ratings
+
+    return read_ratings(params.get("ratings_variant", "ml-100k"), path.parent, [path.name])
 
 
 def _paths(params: dict[str, Any]) -> tuple[Path, Path]:
@@ -47,12 +68,16 @@ def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestRep
     a report and do not stop the others; files seen before are skipped and reported."""
     if params["mode"] not in MODES:
         raise ValueError(f"retrain.mode must be one of {MODES}, got {params['mode']!r}")
-    fmt = preprocess[params["dataset"]].get("format", params["dataset"])
+    kind = _kind(params)
     incoming, manifest = _paths(params)
     incoming.mkdir(parents=True, exist_ok=True)
 
     def validate(path: Path) -> None:
-        events = read_events(fmt, path.parent, [path.name])
+        if kind == "neumf":
+            events = _read_ratings(params, path)
+        else:
+            fmt = preprocess[params["dataset"]].get("format", params["dataset"])
+            events = read_events(fmt, path.parent, [path.name])
         if events.height == 0:
             raise ValueError(f"{path}: no events")
 
@@ -76,6 +101,8 @@ def prepare(
         raise RuntimeError(
             f"no new files in {_paths(params)[0]} ({report.summary()}): nothing to retrain on"
         )
+    if _kind(params) == "neumf":
+        return _prepare_ratings(report, params)
     pp = dict(preprocess[params["dataset"]])
     fmt = pp.get("format", params["dataset"])
     config = _config(pp | {"n_test_days": params["eval_days"], "fixed_tsplit": None})
@@ -104,15 +131,83 @@ def prepare(
     return train, window, summary
 
 
+def _prepare_ratings(
+    report: ingest.IngestReport, params: dict[str, Any]
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """NeuMF: the new rating files; ratings after ``max(Time) - eval_days`` are the window."""
+    ratings = pl.concat([_read_ratings(params, f.path) for f in report.new], how="vertical")
+    ratings = ratings.select("UserId", "ItemId", "Time").sort("Time", "UserId", "ItemId")
+    cut = int(ratings["Time"].max()) - int(float(params["eval_days"]) * 86400)
+    train = ratings.filter(pl.col("Time") <= cut)
+    window = ratings.filter(pl.col("Time") > cut)
+    if train.height == 0 or window.height == 0:
+        raise ValueError(
+            f"the new ratings give {train.height} training and {window.height} window ratings "
+            f"(eval_days={params['eval_days']}): both must be non-empty"
+        )
+    summary = {
+        "files": [f.path.name for f in report.new],
+        "skipped": [str(s) for s in report.skipped],
+        "quarantined": [str(q) for q in report.quarantined],
+        "train_events": train.height,
+        "window_events": window.height,
+        "cuts": {"cut_test": cut},
+    }
+    logger.info("new ratings: %s", summary)
+    return train, window, summary
+
+
+def _neumf_challenger(new_train: pl.DataFrame, params: dict[str, Any], neumf: dict[str, Any]):
+    from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
+
+    model_params = dict(neumf)
+    if model_params.pop("pretrain", False):
+        logger.warning("neumf.pretrain is not used by retrain: NeuMF is trained directly")
+    threads = model_params.pop("num_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    champion = None
+    if params["mode"] == "fine_tune":
+        folder = Path(tempfile.mkdtemp(prefix="champion-"))
+        try:
+            found = current_champion(
+                mlflow.MlflowClient(), _model_name(params), dst_dir=folder, kind="neumf"
+            )
+            if found is not None:
+                champion = NeuMF.load(found[1], device="cpu")
+                logger.info("fine-tuning NeuMF champion version %s", found[0])
+        finally:
+            if champion is None:
+                shutil.rmtree(folder, ignore_errors=True)
+    if champion is not None:
+        state = params["optimizer_state"]
+        if state == "carry" and not champion.optimizer_state_dict():
+            logger.warning("the champion has no saved optimizer state: resetting it")
+            state = "reset"
+        return champion.fine_tune(
+            new_train,
+            n_epochs=params.get("fine_tune_epochs"),
+            optimizer_state=state,
+            progress=False,
+        )
+    logger.info("training a NeuMF challenger from scratch on %d new ratings", new_train.height)
+    return NeuMF(NeuMFParams.from_dict(model_params)).fit(new_train, progress=False)
+
+
 def train_challenger(
     new_train: pl.DataFrame,
     old_train: pl.DataFrame,
     params: dict[str, Any],
     gru4rec: dict[str, Any],
-) -> GRU4Rec:
+    neumf: dict[str, Any] | None = None,
+) -> Any:
     """``fine_tune``: continue the current champion on the new data (item tables grow;
     optimizer state ``carry`` or ``reset``); first run or ``scratch_*``: train from scratch on
-    the old and new data (``scratch_sliding``: only the last ``sliding_days``)."""
+    the old and new data (``scratch_sliding``: only the last ``sliding_days``). NeuMF
+    (``retrain.model: neumf``): the champion is fine-tuned, or a model trained from scratch on
+    the new ratings only (``old_train`` is not used)."""
+    if _kind(params) == "neumf":
+        return _neumf_challenger(new_train, params, neumf or {})
     model_params = dict(gru4rec[params["dataset"]])
     threads = model_params.pop("num_threads", None)
     if threads:
@@ -136,6 +231,10 @@ def train_challenger(
         return champion.fine_tune(
             new_train, n_epochs=params.get("fine_tune_epochs"), optimizer_state=state
         )
+    if not old_train.columns:
+        raise FileNotFoundError(
+            "retrain.old_train is missing: run the dataset's preprocessing first"
+        )
     offset = int(old_train["SessionId"].max() or 0) + 1 if old_train.height else 0
     data = pl.concat(
         [
@@ -153,7 +252,7 @@ def train_challenger(
 
 
 def decide(
-    challenger: GRU4Rec,
+    challenger: Any,
     window: pl.DataFrame,
     new_train: pl.DataFrame,
     params: dict[str, Any],
@@ -173,6 +272,7 @@ def decide(
         cutoffs=tuple(evaluation["cutoffs"]),
         mode=evaluation["mode"],
         register_rejected=bool(params.get("register_rejected", False)),
+        kind=_kind(params),
     )
     logger.info("decision: %s (%s)", "PROMOTE" if decision.promote else "keep", decision.reason)
     return decision.to_dict()

@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_challenger,
-                ["new_train", "old_train", "params:retrain", "params:gru4rec"],
+                ["new_train", "old_train", "params:retrain", "params:gru4rec", "params:neumf"],
                 "challenger",
                 name="train_challenger",
             ),
@@ -34,5 +34,11 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.commit, ["ingest_report", "decision"], "committed", name="commit"),
         ],
         namespace="retrain",
-        parameters={"params:retrain", "params:preprocess", "params:gru4rec", "params:evaluation"},
+        parameters={
+            "params:retrain",
+            "params:preprocess",
+            "params:gru4rec",
+            "params:neumf",
+            "params:evaluation",
+        },
     )
