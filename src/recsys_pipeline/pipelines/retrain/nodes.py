@@ -157,6 +157,38 @@ def _prepare_ratings(
     return train, window, summary
 
 
+def _load_champion(params: dict[str, Any], load: Any, kind: str) -> Any:
+    """The registry's current champion (``mode: fine_tune`` only), loaded with ``load``;
+    ``None`` on the first run or in the ``scratch_*`` modes."""
+    if params["mode"] != "fine_tune":
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="champion-"))
+    champion = None
+    try:
+        found = current_champion(
+            mlflow.MlflowClient(), _model_name(params), dst_dir=folder, kind=kind
+        )
+        if found is not None:
+            champion = load(found[1])
+            logger.info("fine-tuning %s champion version %s", kind, found[0])
+    finally:
+        if champion is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return champion
+
+
+def _fine_tune(champion: Any, new_train: pl.DataFrame, params: dict[str, Any], **kwargs) -> Any:
+    """``champion.fine_tune`` on the new data; ``carry`` falls back to ``reset`` when the
+    champion was saved without optimizer state."""
+    state = params["optimizer_state"]
+    if state == "carry" and not champion.optimizer_state_dict():
+        logger.warning("the champion has no saved optimizer state: resetting it")
+        state = "reset"
+    return champion.fine_tune(
+        new_train, n_epochs=params.get("fine_tune_epochs"), optimizer_state=state, **kwargs
+    )
+
+
 def _neumf_challenger(new_train: pl.DataFrame, params: dict[str, Any], neumf: dict[str, Any]):
     from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
 
@@ -166,30 +198,9 @@ def _neumf_challenger(new_train: pl.DataFrame, params: dict[str, Any], neumf: di
     threads = model_params.pop("num_threads", None)
     if threads:
         torch.set_num_threads(int(threads))
-    champion = None
-    if params["mode"] == "fine_tune":
-        folder = Path(tempfile.mkdtemp(prefix="champion-"))
-        try:
-            found = current_champion(
-                mlflow.MlflowClient(), _model_name(params), dst_dir=folder, kind="neumf"
-            )
-            if found is not None:
-                champion = NeuMF.load(found[1], device="cpu")
-                logger.info("fine-tuning NeuMF champion version %s", found[0])
-        finally:
-            if champion is None:
-                shutil.rmtree(folder, ignore_errors=True)
+    champion = _load_champion(params, lambda d: NeuMF.load(d, device="cpu"), "neumf")
     if champion is not None:
-        state = params["optimizer_state"]
-        if state == "carry" and not champion.optimizer_state_dict():
-            logger.warning("the champion has no saved optimizer state: resetting it")
-            state = "reset"
-        return champion.fine_tune(
-            new_train,
-            n_epochs=params.get("fine_tune_epochs"),
-            optimizer_state=state,
-            progress=False,
-        )
+        return _fine_tune(champion, new_train, params, progress=False)
     logger.info("training a NeuMF challenger from scratch on %d new ratings", new_train.height)
     return NeuMF(NeuMFParams.from_dict(model_params)).fit(new_train, progress=False)
 
@@ -212,25 +223,9 @@ def train_challenger(
     threads = model_params.pop("num_threads", None)
     if threads:
         torch.set_num_threads(int(threads))
-    champion = None
-    if params["mode"] == "fine_tune":
-        folder = Path(tempfile.mkdtemp(prefix="champion-"))
-        try:
-            found = current_champion(mlflow.MlflowClient(), _model_name(params), dst_dir=folder)
-            if found is not None:
-                champion = GRU4Rec.load(found[1])
-                logger.info("fine-tuning champion version %s", found[0])
-        finally:
-            if champion is None:
-                shutil.rmtree(folder, ignore_errors=True)
+    champion = _load_champion(params, GRU4Rec.load, "gru4rec")
     if champion is not None:
-        state = params["optimizer_state"]
-        if state == "carry" and not champion.optimizer_state_dict():
-            logger.warning("the champion has no saved optimizer state: resetting it")
-            state = "reset"
-        return champion.fine_tune(
-            new_train, n_epochs=params.get("fine_tune_epochs"), optimizer_state=state
-        )
+        return _fine_tune(champion, new_train, params)
     if not old_train.columns:
         raise FileNotFoundError(
             "retrain.old_train is missing: run the dataset's preprocessing first"
