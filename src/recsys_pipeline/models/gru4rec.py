@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_pipeline.models.params import format_param_string, parse_param_string
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.optim import ADAPT_METHODS, IndexedAdagradM, clip_grad_norm
 from recsys_pipeline.training.sampler import NegativeSampler
@@ -239,13 +240,7 @@ class GRU4RecParams:
     @classmethod
     def from_string(cls, text: str) -> GRU4RecParams:
         """From run.py's syntax ``name=value,name=value`` (``/`` separates list items)."""
-        values: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"parameter {item!r} is not of the form name=value")
-            values[name.strip()] = value.strip()
-        return cls.from_dict(values)
+        return cls.from_dict(parse_param_string(text))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML/MLflow friendly)."""
@@ -253,11 +248,7 @@ class GRU4RecParams:
 
     def to_string(self) -> str:
         """The parameter string :meth:`from_string` reads back."""
-
-        def fmt(v: Any) -> str:
-            return "/".join(map(str, v)) if isinstance(v, list) else str(v)
-
-        return ",".join(f"{k}={fmt(v)}" for k, v in self.to_dict().items())
+        return format_param_string(self.to_dict())
 
 
 def _convert(name: str, value: Any, hint: Any) -> Any:

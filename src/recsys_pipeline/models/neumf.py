@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.evaluation.user_ranking import sampled_ranking
+from recsys_pipeline.models.params import format_param_string, parse_param_string
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.interactions import (
     NEGATIVE_MODES,
@@ -149,22 +150,13 @@ class NeuMFParams:
     @classmethod
     def from_string(cls, text: str) -> NeuMFParams:
         """From ``name=value,name=value`` (``/`` separates list items)."""
-        values: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"parameter {item!r} is not of the form name=value")
-            values[name.strip()] = value.strip()
-        return cls.from_dict(values)
+        return cls.from_dict(parse_param_string(text))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_string(self) -> str:
-        def fmt(v: Any) -> str:
-            return "/".join(map(str, v)) if isinstance(v, list) else str(v)
-
-        return ",".join(f"{k}={fmt(v)}" for k, v in self.to_dict().items())
+        return format_param_string(self.to_dict())
 
 
 def _convert(name: str, value: Any, hint: Any) -> Any:
