@@ -7,6 +7,7 @@ temporary sqlite tracking store (artifacts in a temporary folder; the project's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,18 +193,17 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 120.0) ->
     raise TimeoutError(f"the server did not answer /ping within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def server(logged: str, tracking: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow models serve`` of the logged model on a free local port; its base URL."""
+@contextlib.contextmanager
+def _serve(model_uri: str, tracking: str, log: Path) -> Iterator[str]:
+    """``mlflow models serve`` of ``model_uri`` on a free loopback port; its base URL."""
     port = _free_port()
     mlflow_exe = Path(sys.executable).with_name("mlflow")
     # the server runs `uvicorn` from PATH: the venv's bin folder must come first
     path = f"{mlflow_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking, "OMP_NUM_THREADS": "1"}
-    log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(mlflow_exe), "models", "serve", "-m", logged, "--env-manager", "local",
+            [str(mlflow_exe), "models", "serve", "-m", model_uri, "--env-manager", "local",
              "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -222,6 +222,13 @@ def server(logged: str, tracking: str, tmp_path_factory: pytest.TempPathFactory)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(logged: str, tracking: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The GRU4Rec model served over HTTP."""
+    with _serve(logged, tracking, tmp_path_factory.mktemp("server") / "server.log") as base:
+        yield base
 
 
 def test_server_answers_like_recommend(trained: GRU4Rec, server: str) -> None:
@@ -278,7 +285,9 @@ def test_server_rejects_malformed_json(server: str) -> None:
 
 
 # --------------------------------------------------------------------------- NeuMF
-def test_neumf_pyfunc_in_process(tracking: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def neumf(tracking: str) -> tuple[Any, Any]:
+    """A tiny NeuMF and its ``log_pyfunc_model`` info (registered, aliased ``champion``)."""
     import polars as pl
 
     from recsys_pipeline.models.neumf import NeuMF
@@ -290,7 +299,16 @@ def test_neumf_pyfunc_in_process(tracking: str, tmp_path: Path) -> None:
     model = NeuMF(factors=4, layers=[8, 4], n_epochs=1, batch_size=512, device="cpu").fit(
         train, progress=False
     )
-    info = log_pyfunc_model(model, torch_threads=1, registered_model_name="neumf_serving_test")
+    name = "neumf_serving_test"
+    info = log_pyfunc_model(model, torch_threads=1, registered_model_name=name, max_batch=20)
+    mlflow.MlflowClient().set_registered_model_alias(
+        name, "champion", info.registered_model_version
+    )
+    return model, info
+
+
+def test_neumf_pyfunc_in_process(neumf: tuple[Any, Any], tmp_path: Path) -> None:
+    model, info = neumf
     assert (
         Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path)))
         / "artifacts"
@@ -310,3 +328,32 @@ def test_neumf_pyfunc_in_process(tracking: str, tmp_path: Path) -> None:
         pyfunc.predict(pd.DataFrame({"user": [999_999]}))
     with pytest.raises(MlflowException, match="unknown field"):
         pyfunc.predict(pd.DataFrame({"user": users, "session": [[1]] * 3}))
+
+
+def test_neumf_server_answers_like_recommend_and_rejects_bad_requests(
+    neumf: tuple[Any, Any], tracking: str, tmp_path: Path
+) -> None:
+    """The NeuMF champion (``models:/<name>@champion``) over HTTP: the answers equal
+    ``NeuMF.recommend``; bad requests get 400 with a message."""
+    model, _ = neumf
+    users = model.user_ids[:4].tolist()
+    with _serve("models:/neumf_serving_test@champion", tracking, tmp_path / "server.log") as base:
+        url = f"{base}/invocations"
+        status, answer = _post(
+            url, {"dataframe_records": [{"user": u} for u in users], "params": {"k": 7}}
+        )
+        assert status == 200, answer
+        ids, scores = model.recommend(users, k=7)
+        assert [p["items"] for p in answer["predictions"]] == ids.tolist()
+        np.testing.assert_allclose(
+            [p["scores"] for p in answer["predictions"]], scores, rtol=1e-5, atol=1e-6
+        )
+        bad = [
+            ([{"user": users[0], "session": [1]}], {}, "unknown field"),
+            ([{"user": 999_999}], {}, "not known"),
+            ([{"user": users[0]}], {"k": 0}, "'k' must be between 1"),
+            ([{"user": users[0]}] * 21, {}, "too many"),
+        ]
+        for records, params, message in bad:
+            status, answer = _post(url, {"dataframe_records": records, "params": params})
+            assert status == 400 and message in answer.get("message", ""), (message, answer)

@@ -6,6 +6,8 @@
 * :class:`AtomicPolarsDataset`, :class:`AtomicJSONDataset`: kedro-datasets' polars and JSON
   datasets whose ``save`` writes to a temporary name and renames it, so an interrupted run never
   leaves a truncated artifact that a later load would pick up as the latest version.
+* :class:`OptionalPolarsDataset`, :class:`OptionalPartitionedDataset`: loads that give an empty
+  result where nothing was saved yet (retraining's old data and accepted history).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kedro.io.core import (
     get_filepath_str,
 )
 from kedro_datasets.json import JSONDataset
+from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.polars import EagerPolarsDataset
 
 from recsys_pipeline.datasets import get_format
@@ -125,6 +128,19 @@ class OptionalPolarsDataset(AtomicPolarsDataset):
         if not self._exists():
             return pl.DataFrame()
         return super().load()
+
+
+class OptionalPartitionedDataset(PartitionedDataset):
+    """kedro-datasets' ``PartitionedDataset`` whose ``load`` gives ``{}`` instead of failing
+    when no partition exists yet (``retrain.history`` before the first retrain)."""
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return super().load()
+        except DatasetError as err:
+            if "No partitions found" not in str(err):
+                raise
+            return {}
 
 
 class AtomicJSONDataset(JSONDataset):

@@ -114,6 +114,7 @@ class ManifestEntry:
     status: Status
     time: str  # UTC, ISO 8601
     reason: str = ""
+    batch: str = ""  # ingested files: the key of the batch they were processed in
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ManifestEntry:
@@ -148,12 +149,23 @@ class IngestReport:
         new: valid new files, in name order, to be processed (not yet in the manifest).
         skipped: files whose content was already processed (or is another new file's).
         quarantined: files that failed validation (moved, reported, already in the manifest).
+        ingested_batches: the batch keys of the files committed before, in manifest order
+            (data a caller stored per batch is valid only for these keys).
     """
 
     manifest_path: Path
     new: list[IncomingFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     quarantined: list[QuarantinedFile] = field(default_factory=list)
+    ingested_batches: list[str] = field(default_factory=list)
+
+    @property
+    def batch(self) -> str:
+        """The key of this scan's new files as one batch: ``batch-`` and 16 hex digits of the
+        SHA-256 of their sorted checksums. The same files give the same key, so data a caller
+        stores under it before :func:`commit` is overwritten, not duplicated, by a retry."""
+        digest = hashlib.sha256("".join(sorted(f.sha256 for f in self.new)).encode())
+        return f"batch-{digest.hexdigest()[:16]}"
 
     def summary(self) -> str:
         return (
@@ -259,8 +271,10 @@ def scan_incoming(
     manifest = Path(manifest_path)
     if not incoming.is_dir():
         raise FileNotFoundError(f"incoming folder not found: {incoming}")
-    known = {entry.sha256: entry for entry in read_manifest(manifest)}
-    report = IngestReport(manifest_path=manifest)
+    entries = read_manifest(manifest)
+    known = {entry.sha256: entry for entry in entries}
+    batches = [e.batch for e in entries if e.status == "ingested" and e.batch]
+    report = IngestReport(manifest_path=manifest, ingested_batches=list(dict.fromkeys(batches)))
     seen: dict[str, IncomingFile] = {}
     quarantined_entries: list[ManifestEntry] = []
     ignored = {manifest.resolve()}
@@ -330,11 +344,12 @@ def commit(report: IngestReport, files: Iterable[IncomingFile] | None = None) ->
     """Record ``files`` (default: all of ``report.new``) as ``ingested`` in the manifest.
 
     Call it only after the files were processed successfully. Idempotent: checksums already
-    in the manifest are not added twice.
+    in the manifest are not added twice. Each entry records ``report.batch``.
     """
     chosen = report.new if files is None else list(files)
     now = _now()
-    entries = [ManifestEntry(f.name, f.size, f.sha256, "ingested", now) for f in chosen]
+    batch = report.batch
+    entries = [ManifestEntry(f.name, f.size, f.sha256, "ingested", now, "", batch) for f in chosen]
     _append_to_manifest(report.manifest_path, entries)
     logger.info("manifest %s: %d file(s) ingested", report.manifest_path, len(entries))
 

@@ -3,8 +3,12 @@ exactly-once ingestion, quarantine and the run lock (KedroSession, tmp project).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -48,6 +52,15 @@ def test_retrain_promotes_then_fine_tunes_and_ingests_exactly_once(project: Path
     manifest = {e.name: e.status for e in read_manifest(folder.parent / "incoming_manifest.json")}
     assert manifest["broken.csv"] == "quarantined"
     assert [s for n, s in manifest.items() if n != "broken.csv"] == ["ingested"]
+    # the new data is kept as a history partition, named by the batch the manifest records
+    batch = cat.load("retrain.committed")["batch"]
+    entries = read_manifest(folder.parent / "incoming_manifest.json")
+    assert {e.batch for e in entries if e.status == "ingested"} == {batch}
+    partitions = cat.load("retrain.history")
+    summary = cat.load("retrain.ingest_summary")
+    assert list(partitions) == [batch] and summary["batch"] == batch
+    assert partitions[batch]().height == summary["train_events"] + summary["window_events"]
+    assert summary["validation"]["success"] is True
 
     # nothing new: the run stops with a clear message and changes nothing
     with pytest.raises(RuntimeError, match="no new files"):
@@ -150,3 +163,66 @@ def test_retrain_neumf_promotes_then_fine_tunes(project: Path):
 
     model = _neumf_catalog(project).load("retrain.challenger")
     assert isinstance(model, NeuMF) and model.fine_tune_rounds  # fine-tuned, not from scratch
+
+    # from scratch on a growing window: both earlier batches (training data and windows) plus
+    # the new training data, each (user, item) pair once
+    _incoming_ratings(project, start + 42 * 86400, seed=5)
+    growing = {**NEUMF_RETRAIN, "retrain": NEUMF_RETRAIN["retrain"] | {"mode": "scratch_growing"}}
+    run(project, "retrain", session={"runtime_params": growing})
+    cat = _neumf_catalog(project)
+    model, summary = cat.load("retrain.challenger"), cat.load("retrain.ingest_summary")
+    assert not model.fine_tune_rounds
+    partitions = cat.load("retrain.history")
+    assert len(partitions) == 3 and summary["batch"] in partitions
+    earlier = sum(load().height for key, load in partitions.items() if key != summary["batch"])
+    assert model.train_indices.size == earlier + summary["train_events"]
+    assert summary["known_pairs_dropped"] > 0 and summary["validation"]["success"] is True
+
+
+def test_a_kill_during_retraining_leaves_champion_registry_and_manifest_untouched(project: Path):
+    """A real ``kedro run --pipelines=retrain`` process is SIGKILLed while it fine-tunes: the
+    alias, the registry, the manifest and the history stay as they were, the lock is freed,
+    and the next run processes the same files."""
+    run(project, "__default__", session={"runtime_params": TINY})
+    folder = _incoming(project, "2019-12-01", seed=7)
+    run(project, "retrain", session={"runtime_params": RETRAIN})
+    manifest_path = folder.parent / "incoming_manifest.json"
+    manifest_before = manifest_path.read_text()
+    history_before = sorted(catalog(project).load("retrain.history"))
+    client = mlflow.MlflowClient()
+    versions_before = len(client.search_model_versions("name='synthetic_gru4rec'"))
+
+    _incoming(project, "2019-12-05", seed=8)
+    params = "retrain.fine_tune_epochs=100000,retrain.register_rejected=true"
+    command = [str(Path(sys.executable).with_name("kedro")), "run", "--pipelines=retrain"]
+    job = subprocess.Popen(
+        [*command, f"--params={params}"],
+        cwd=project,
+        env=os.environ | {"KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in job.stdout:  # until the champion is being fine-tuned
+            lines.append(line)
+            if "fine-tune round" in line:
+                break
+        time.sleep(1.0)
+        assert job.poll() is None, "".join(lines[-40:])
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.kill()
+        job.wait()
+    assert job.returncode == -signal.SIGKILL, "".join(lines[-40:])
+
+    assert str(client.get_model_version_by_alias("synthetic_gru4rec", "champion").version) == "1"
+    assert len(client.search_model_versions("name='synthetic_gru4rec'")) == versions_before
+    assert manifest_path.read_text() == manifest_before  # the new files are not recorded
+    assert sorted(catalog(project).load("retrain.history")) == history_before
+    # the lock died with its holder; the same files are offered again and processed
+    run(project, "retrain", session={"runtime_params": RETRAIN})
+    decision = catalog(project).load("retrain.decision")
+    assert decision["champion_version"] == "1" and decision["challenger_version"] == "2"
+    assert len(read_manifest(manifest_path)) == len(json.loads(manifest_before)["files"]) + 1

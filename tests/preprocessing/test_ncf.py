@@ -174,3 +174,24 @@ def test_validation_passes_and_names_broken_invariants(ratings, split):
     assert "'ncf_valid': one_valid_row FAILED" in message
     assert "'time_test': time_test_at_or_after_cut_test FAILED" in message
     assert err.value.report["artifacts"]["ncf_train"]["success"] is True
+
+
+def test_validation_of_the_time_split_alone(ratings):
+    """``protocols=("time",)`` checks only the three time splits (retrain's new ratings)."""
+    from recsys_pipeline.validation import DataValidationError, validate_rating_splits
+
+    cuts = ncf.time_cuts(ratings)
+    frames = dict(zip(("time_train", "time_valid", "time_test"), ncf.time_split(ratings, **cuts)))
+    report = validate_rating_splits(frames, "new", protocols=("time",), **cuts)
+    assert report["success"] and set(report["artifacts"]) == set(frames)
+    late = frames["time_test"].tail(2)
+    broken = frames | {"time_train": pl.concat([frames["time_train"], late])}
+    with pytest.raises(DataValidationError) as err:
+        validate_rating_splits(broken, "new", protocols=("time",), **cuts)
+    message = str(err.value)
+    assert "'time_train': train_before_cut_valid FAILED" in message
+    assert str(late["UserId"][0]) in message  # the offending rows are shown
+    with pytest.raises(ValueError, match="missing artifact"):
+        validate_rating_splits(frames, "new", **cuts, min_user_ratings=20, n_negatives=5)
+    with pytest.raises(ValueError, match="protocols must be"):
+        validate_rating_splits(frames, "new", protocols=("leave-one-out",), **cuts)

@@ -45,6 +45,8 @@ NCF_SPLITS = ("ncf_train", "ncf_valid", "ncf_test")
 NEGATIVES = ("ncf_valid_negatives", "ncf_test_negatives")
 TIME_SPLITS = ("time_train", "time_valid", "time_test")
 ARTIFACTS = NCF_SPLITS + NEGATIVES + TIME_SPLITS
+PROTOCOLS = ("ncf", "time")
+_PROTOCOL_ARTIFACTS = {"ncf": NCF_SPLITS + NEGATIVES, "time": TIME_SPLITS}
 SPLIT_KINDS = {USER: ("int",), ITEM: ("int",), TIME: ("int",)}
 NEGATIVE_KINDS = {USER: ("int",), ITEM: ("int",)}
 LABELS = {
@@ -242,11 +244,12 @@ def validate_rating_splits(
     artifacts: dict[str, pl.DataFrame],
     dataset: str,
     *,
-    min_user_ratings: int,
-    n_negatives: int,
+    min_user_ratings: int | None = None,
+    n_negatives: int | None = None,
     cut_valid: int,
     cut_test: int,
     raise_on_failure: bool = True,
+    protocols: tuple[str, ...] = PROTOCOLS,
 ) -> dict[str, Any]:
     """Validate the NCF split, its negatives and the global time split with Great Expectations.
 
@@ -270,6 +273,8 @@ def validate_rating_splits(
         cut_valid: the time split's valid cut (epoch seconds).
         cut_test: the time split's test cut.
         raise_on_failure: raise on a failed expectation; else log a warning and return the report.
+        protocols: which of ``("ncf", "time")`` to check; ``("time",)`` needs only the three
+            time splits (e.g. new ratings cut into training data and a window by ``retrain``).
 
     Returns:
         A JSON-ready report: ``dataset``, ``success``, the parameters, ``artifacts`` (name ->
@@ -280,22 +285,28 @@ def validate_rating_splits(
         DataValidationError: an expectation failed and ``raise_on_failure`` is True.
     """
     started = time.perf_counter()
-    missing = [name for name in ARTIFACTS if name not in artifacts]
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown or not protocols:
+        raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {protocols}")
+    names = tuple(n for p in PROTOCOLS if p in protocols for n in _PROTOCOL_ARTIFACTS[p])
+    if "ncf" in protocols and (min_user_ratings is None or n_negatives is None):
+        raise ValueError("the NCF checks need min_user_ratings and n_negatives")
+    missing = [name for name in names if name not in artifacts]
     if missing:
-        raise ValueError(f"missing artifact(s) {missing}; expected {list(ARTIFACTS)}")
+        raise ValueError(f"missing artifact(s) {missing}; expected {list(names)}")
     kinds_ok = all(
         all(
             c in artifacts[name].columns and artifacts[name].schema[c].is_integer()
             for c in (NEGATIVE_KINDS if name in NEGATIVES else SPLIT_KINDS)
         )
-        for name in ARTIFACTS
+        for name in names
     )
-    users = user_summary(artifacts) if kinds_ok else None
-    splits = split_summary(artifacts) if kinds_ok else None
+    users = user_summary(artifacts) if kinds_ok and "ncf" in protocols else None
+    splits = split_summary(artifacts) if kinds_ok and "time" in protocols else None
     runner = GxRunner()
     report_artifacts: dict[str, Any] = {}
     failures: list[_Failure] = []
-    for name in ARTIFACTS:
+    for name in names:
         df = artifacts[name]
         kinds = NEGATIVE_KINDS if name in NEGATIVES else SPLIT_KINDS
         required = {column: "int" for column in kinds}
@@ -337,6 +348,7 @@ def validate_rating_splits(
     report = {
         "dataset": dataset,
         "success": not failures,
+        "protocols": list(protocols),
         "min_user_ratings": min_user_ratings,
         "n_negatives": n_negatives,
         "cut_valid": to_builtin(cut_valid),

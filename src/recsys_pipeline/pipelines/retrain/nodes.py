@@ -3,14 +3,18 @@ champion or retrained from scratch) -> champion/challenger decision on the MLflo
 
 ``retrain.model``: ``gru4rec`` (default; session files of the dataset's raw format) or ``neumf``
 (MovieLens rating files of ``retrain.ratings_variant``; the newest ``eval_days`` of the new
-ratings are the window, scored with the user-based full ranking). For ``neumf`` there is no old
-history: the first run trains from scratch on the new ratings only (params ``neumf``), later
-runs fine-tune the champion (``mode: fine_tune``) or again train from scratch on the new
-ratings only (``scratch_*``).
+ratings are the window, scored with the user-based full ranking).
 
-Exactly-once ingestion (:mod:`recsys_pipeline.ingest`): new files are recorded in the manifest by
-the last node only, after the decision, so a run killed on the way re-offers them next time. The
-registry's ``champion`` alias moves last (:mod:`recsys_pipeline.champion`).
+The data a from-scratch challenger trains on grows with every run: the dataset's preprocessed
+data (``old_train``: GRU4Rec's filtered sessions; ``old_ratings``: MovieLens' deduplicated
+ratings) plus the new data of every earlier run (``history``: one parquet partition per batch,
+kedro-datasets' ``PartitionedDataset``), plus this run's new training data.
+
+Exactly-once ingestion (:mod:`recsys_pipeline.ingest`): this run's new data is stored as a
+history partition after the decision, then the files are recorded in the manifest (with the
+batch key) by the last node. A run killed on the way re-offers the files next time, and a
+partition the manifest does not list is ignored. The registry's ``champion`` alias moves last
+(:mod:`recsys_pipeline.champion`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +35,15 @@ from recsys_pipeline.champion import champion_challenger, current_champion
 from recsys_pipeline.datasets import read_events
 from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
 from recsys_pipeline.pipelines.preprocess.nodes import _config
+from recsys_pipeline.pipelines.preprocess.nodes import check_raw_schema as check_raw_events
 from recsys_pipeline.preprocessing import run_protocol
 
 logger = logging.getLogger(__name__)
 
 MODES = ("fine_tune", "scratch_growing", "scratch_sliding")
 MODELS = ("gru4rec", "neumf")
+SESSION_COLUMNS = ("SessionId", "ItemId", "Time")
+RATING_COLUMNS = ("UserId", "ItemId", "Time")
 
 
 def _kind(params: dict[str, Any]) -> str:
@@ -43,6 +51,10 @@ def _kind(params: dict[str, Any]) -> str:
     if kind not in MODELS:
         raise ValueError(f"retrain.model must be one of {MODELS}, got {kind!r}")
     return kind
+
+
+def _columns(params: dict[str, Any]) -> tuple[str, ...]:
+    return RATING_COLUMNS if _kind(params) == "neumf" else SESSION_COLUMNS
 
 
 def _model_name(params: dict[str, Any]) -> str:
@@ -63,25 +75,45 @@ def _paths(params: dict[str, Any]) -> tuple[Path, Path]:
     )
 
 
-def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestReport:
-    """New raw files of ``retrain.dataset`` (by checksum); unreadable ones are quarantined with
-    a report and do not stop the others; files seen before are skipped and reported."""
-    if params["mode"] not in MODES:
-        raise ValueError(f"retrain.mode must be one of {MODES}, got {params['mode']!r}")
-    kind = _kind(params)
-    incoming, manifest = _paths(params)
-    incoming.mkdir(parents=True, exist_ok=True)
+def _file_check(params: dict[str, Any], preprocess: dict[str, Any]) -> Callable[[Path], None]:
+    """Per new file: read it with the dataset's reader and run the raw Great Expectations check
+    of its preprocessing pipeline (columns, kinds, no null ids or times). A file that fails is
+    quarantined with the error as its report."""
+    if _kind(params) == "neumf":
+        from recsys_pipeline.pipelines.preprocess_movielens.nodes import (
+            check_raw_schema as check_raw_ratings,
+        )
 
-    def validate(path: Path) -> None:
-        if kind == "neumf":
-            events = _read_ratings(params, path)
-        else:
-            fmt = preprocess[params["dataset"]].get("format", params["dataset"])
-            events = read_events(fmt, path.parent, [path.name])
+        variant = {"variant": params.get("ratings_variant", "ml-100k")}
+
+        def check(path: Path) -> None:
+            ratings = _read_ratings(params, path)
+            if ratings.height == 0:
+                raise ValueError(f"{path}: no ratings")
+            check_raw_ratings(ratings, variant | {"variant": f"{variant['variant']} {path.name}"})
+
+        return check
+    pp = dict(preprocess[params["dataset"]])
+    fmt = pp.get("format", params["dataset"])
+
+    def check(path: Path) -> None:
+        events = read_events(fmt, path.parent, [path.name])
         if events.height == 0:
             raise ValueError(f"{path}: no events")
+        check_raw_events(events, pp | {"format": f"{fmt} {path.name}"})
 
-    report = ingest.scan_incoming(incoming, manifest, validate)
+    return check
+
+
+def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestReport:
+    """New raw files of ``retrain.dataset`` (by checksum); unreadable ones or ones that fail the
+    raw schema check are quarantined with a report and do not stop the others; files seen
+    before are skipped and reported."""
+    if params["mode"] not in MODES:
+        raise ValueError(f"retrain.mode must be one of {MODES}, got {params['mode']!r}")
+    incoming, manifest = _paths(params)
+    incoming.mkdir(parents=True, exist_ok=True)
+    report = ingest.scan_incoming(incoming, manifest, _file_check(params, preprocess))
     logger.info("incoming %s: %s", incoming, report.summary())
     for skipped in report.skipped:
         logger.info("skipped (already processed): %s", skipped)
@@ -90,8 +122,57 @@ def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestRep
     return report
 
 
+def gather_history(
+    old_train: pl.DataFrame,
+    old_ratings: pl.DataFrame,
+    history: dict[str, Callable[[], pl.DataFrame]],
+    report: ingest.IngestReport,
+    params: dict[str, Any],
+) -> pl.DataFrame:
+    """All data before this run: the dataset's preprocessed data (GRU4Rec: ``old_train``;
+    NeuMF: ``old_ratings``; empty when the dataset was never preprocessed) and the history
+    partitions of the batches the manifest lists as ingested, in that order. A partition the
+    manifest does not list (a run killed before its commit) is ignored. GRU4Rec session ids
+    are renumbered to stay unique across the parts."""
+    columns = _columns(params)
+    base = old_ratings if _kind(params) == "neumf" else old_train
+    parts = [base.select(columns)] if base.columns else []
+    orphans = sorted(set(history) - set(report.ingested_batches))
+    if orphans:
+        logger.warning("ignoring history partitions no manifest entry lists: %s", orphans)
+    missing = [key for key in report.ingested_batches if key not in history]
+    if missing:
+        logger.warning(
+            "the manifest lists batches without a history partition (deleted?): %s; "
+            "from-scratch challengers will not see their data",
+            missing,
+        )
+    parts += [history[key]().select(columns) for key in report.ingested_batches if key in history]
+    if "SessionId" in columns:
+        offset, renumbered = 0, []
+        for part in parts:
+            ids = part["SessionId"].cast(pl.Int64)
+            renumbered.append(part.with_columns(ids + offset))
+            offset += int(ids.max() or 0) + 1 if part.height else 0
+        parts = renumbered
+    if not parts:
+        return pl.DataFrame(schema=dict.fromkeys(columns, pl.Int64))
+    ids = [pl.col(c).cast(pl.Int64) for c in columns if c != "Time"]
+    data = pl.concat([part.with_columns(ids) for part in parts], how="vertical_relaxed")
+    logger.info(
+        "history: %d rows (%d preprocessed, %d batch(es) of earlier runs)",
+        data.height,
+        base.height if base.columns else 0,
+        len(parts) - (1 if base.columns else 0),
+    )
+    return data
+
+
 def prepare(
-    report: ingest.IngestReport, params: dict[str, Any], preprocess: dict[str, Any]
+    report: ingest.IngestReport,
+    history: pl.DataFrame,
+    params: dict[str, Any],
+    preprocess: dict[str, Any],
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """The new files through the dataset's protocol and Great Expectations; the newest
     ``eval_days`` become the evaluation window, the rest the new training data."""
@@ -102,7 +183,7 @@ def prepare(
             f"no new files in {_paths(params)[0]} ({report.summary()}): nothing to retrain on"
         )
     if _kind(params) == "neumf":
-        return _prepare_ratings(report, params)
+        return _prepare_ratings(report, history, params)
     pp = dict(preprocess[params["dataset"]])
     fmt = pp.get("format", params["dataset"])
     config = _config(pp | {"n_test_days": params["eval_days"], "fixed_tsplit": None})
@@ -111,7 +192,7 @@ def prepare(
     )
     result = run_protocol(events, config)
     train, window = result.splits["train_full"], result.splits["test"]
-    validate_splits(
+    validation = validate_splits(
         {"full": result.full, "train_full": train, "test": window},
         f"{params['dataset']} (incoming)",
         cut_test=result.cuts.get("cut_test"),
@@ -119,42 +200,75 @@ def prepare(
         min_item_support=config.min_item_support,
         min_session_length=config.min_session_length,
     )
+    return train, window, _summary(report, train, window, result.cuts, validation)
+
+
+def _summary(report, train, window, cuts, validation, **extra) -> dict[str, Any]:
     summary = {
+        "batch": report.batch,
         "files": [f.path.name for f in report.new],
         "skipped": [str(s) for s in report.skipped],
         "quarantined": [str(q) for q in report.quarantined],
         "train_events": train.height,
         "window_events": window.height,
-        "cuts": result.cuts,
+        "cuts": cuts,
+        **extra,
+        "validation": {"success": validation["success"], "seconds": validation.get("seconds")},
     }
     logger.info("new data: %s", summary)
-    return train, window, summary
+    return summary
 
 
 def _prepare_ratings(
-    report: ingest.IngestReport, params: dict[str, Any]
+    report: ingest.IngestReport, history: pl.DataFrame, params: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """NeuMF: the new rating files; ratings after ``max(Time) - eval_days`` are the window."""
-    ratings = pl.concat([_read_ratings(params, f.path) for f in report.new], how="vertical")
-    ratings = ratings.select("UserId", "ItemId", "Time").sort("Time", "UserId", "ItemId")
-    cut = int(ratings["Time"].max()) - int(float(params["eval_days"]) * 86400)
-    train = ratings.filter(pl.col("Time") <= cut)
-    window = ratings.filter(pl.col("Time") > cut)
+    """NeuMF: the new rating files through ``preprocess_movielens``' protocol: each (user,
+    item) pair once at its earliest time, also across runs (a pair already in ``history`` is
+    dropped); the ratings of the newest ``eval_days`` are the window (the time split's test,
+    cut at ``max(Time) - eval_days`` days), the rest training data; both validated with the
+    time-split Great Expectations suite."""
+    from recsys_pipeline.preprocessing import ncf
+    from recsys_pipeline.validation import validate_rating_splits
+
+    read = pl.concat([_read_ratings(params, f.path) for f in report.new], how="vertical")
+    ratings = ncf.deduplicate_ratings(read)
+    unique = ratings.height
+    if history.height:
+        known = history.select("UserId", "ItemId").unique()
+        ratings = ratings.join(known, on=["UserId", "ItemId"], how="anti")
+    if ratings.height == 0:
+        raise ValueError(
+            f"the new files {[f.name for f in report.new]} hold only (user, item) pairs rated "
+            "before: nothing new to train on"
+        )
+    cut = int(ratings["Time"].max()) - int(float(params["eval_days"]) * 86400) + 1
+    train, valid, window = ncf.time_split(ratings, cut, cut)
     if train.height == 0 or window.height == 0:
         raise ValueError(
             f"the new ratings give {train.height} training and {window.height} window ratings "
             f"(eval_days={params['eval_days']}): both must be non-empty"
         )
-    summary = {
-        "files": [f.path.name for f in report.new],
-        "skipped": [str(s) for s in report.skipped],
-        "quarantined": [str(q) for q in report.quarantined],
-        "train_events": train.height,
-        "window_events": window.height,
-        "cuts": {"cut_test": cut},
-    }
-    logger.info("new ratings: %s", summary)
-    return train, window, summary
+    validation = validate_rating_splits(
+        {"time_train": train, "time_valid": valid, "time_test": window},
+        f"{params['dataset']} (incoming)",
+        protocols=("time",),
+        cut_valid=cut,
+        cut_test=cut,
+    )
+    return (
+        train,
+        window,
+        _summary(
+            report,
+            train,
+            window,
+            {"cut_test": cut},
+            validation,
+            read_ratings=read.height,
+            repeated_dropped=read.height - unique,
+            known_pairs_dropped=unique - ratings.height,
+        ),
+    )
 
 
 def _load_champion(params: dict[str, Any], load: Any, kind: str) -> Any:
@@ -189,61 +303,68 @@ def _fine_tune(champion: Any, new_train: pl.DataFrame, params: dict[str, Any], *
     )
 
 
-def _neumf_challenger(new_train: pl.DataFrame, params: dict[str, Any], neumf: dict[str, Any]):
-    from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
+def _training_data(
+    history: pl.DataFrame, new_train: pl.DataFrame, params: dict[str, Any]
+) -> pl.DataFrame:
+    """From-scratch data: history + the new training data (``scratch_sliding``: only what
+    starts in the last ``sliding_days``; GRU4Rec keeps or drops whole sessions)."""
+    columns = _columns(params)
+    new = new_train.select(columns)
+    if "SessionId" in columns and history.height:
+        new = new.with_columns(pl.col("SessionId") + int(history["SessionId"].max()) + 1)
+    if not history.height:
+        logger.warning("no earlier data (preprocessing or earlier runs): new data only")
+    data = pl.concat([history.select(columns), new], how="vertical_relaxed")
+    if params["mode"] == "scratch_sliding":
+        unit = 1.0 if _kind(params) == "neumf" else float(params.get("time_unit_seconds", 1.0))
+        start = data["Time"].max() - params["sliding_days"] * 86400 / unit
+        if "SessionId" in columns:
+            keep = data.group_by("SessionId").agg(pl.col("Time").min())
+            keep = keep.filter(pl.col("Time") >= start)
+            data = data.join(keep.select("SessionId"), on="SessionId", how="semi")
+        else:
+            data = data.filter(pl.col("Time") >= start)
+    data = data.sort(columns[0], "Time", maintain_order=True)
+    logger.info("training a challenger from scratch on %d rows (%s)", data.height, params["mode"])
+    return data
 
-    model_params = dict(neumf)
-    if model_params.pop("pretrain", False):
-        logger.warning("neumf.pretrain is not used by retrain: NeuMF is trained directly")
+
+def _model_params(model_params: dict[str, Any]) -> dict[str, Any]:
+    model_params = dict(model_params)
     threads = model_params.pop("num_threads", None)
     if threads:
         torch.set_num_threads(int(threads))
-    champion = _load_champion(params, lambda d: NeuMF.load(d, device="cpu"), "neumf")
-    if champion is not None:
-        return _fine_tune(champion, new_train, params, progress=False)
-    logger.info("training a NeuMF challenger from scratch on %d new ratings", new_train.height)
-    return NeuMF(NeuMFParams.from_dict(model_params)).fit(new_train, progress=False)
+    return model_params
 
 
 def train_challenger(
     new_train: pl.DataFrame,
-    old_train: pl.DataFrame,
+    history: pl.DataFrame,
     params: dict[str, Any],
     gru4rec: dict[str, Any],
     neumf: dict[str, Any] | None = None,
 ) -> Any:
     """``fine_tune``: continue the current champion on the new data (item tables grow;
-    optimizer state ``carry`` or ``reset``); first run or ``scratch_*``: train from scratch on
-    the old and new data (``scratch_sliding``: only the last ``sliding_days``). NeuMF
-    (``retrain.model: neumf``): the champion is fine-tuned, or a model trained from scratch on
-    the new ratings only (``old_train`` is not used)."""
+    optimizer state ``carry`` or ``reset``; NeuMF's user table grows too); first run or
+    ``scratch_*``: train from scratch on ``history`` and the new data (``scratch_sliding``:
+    only the last ``sliding_days``)."""
     if _kind(params) == "neumf":
-        return _neumf_challenger(new_train, params, neumf or {})
-    model_params = dict(gru4rec[params["dataset"]])
-    threads = model_params.pop("num_threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
+        from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
+
+        model_params = _model_params(neumf or {})
+        if model_params.pop("pretrain", False):
+            logger.warning("neumf.pretrain is not used by retrain: NeuMF is trained directly")
+        champion = _load_champion(params, lambda d: NeuMF.load(d, device="cpu"), "neumf")
+        if champion is not None:
+            return _fine_tune(champion, new_train, params, progress=False)
+        data = _training_data(history, new_train, params)
+        return NeuMF(NeuMFParams.from_dict(model_params)).fit(data, progress=False)
+    model_params = _model_params(gru4rec[params["dataset"]])
     champion = _load_champion(params, GRU4Rec.load, "gru4rec")
     if champion is not None:
         return _fine_tune(champion, new_train, params)
-    if not old_train.columns:
-        raise FileNotFoundError(
-            "retrain.old_train is missing: run the dataset's preprocessing first"
-        )
-    offset = int(old_train["SessionId"].max() or 0) + 1 if old_train.height else 0
-    data = pl.concat(
-        [
-            old_train.select("SessionId", "ItemId", "Time"),
-            new_train.select(pl.col("SessionId") + offset, "ItemId", "Time"),
-        ]
-    )
-    if params["mode"] == "scratch_sliding":
-        unit = float(params.get("time_unit_seconds", 1.0))
-        start = data["Time"].max() - params["sliding_days"] * 86400 / unit
-        keep = data.group_by("SessionId").agg(pl.col("Time").min()).filter(pl.col("Time") >= start)
-        data = data.join(keep.select("SessionId"), on="SessionId", how="semi")
-    logger.info("training a challenger from scratch on %d events", data.height)
-    return GRU4Rec(GRU4RecParams.from_dict(model_params)).fit(data.sort("SessionId", "Time"))
+    data = _training_data(history, new_train, params)
+    return GRU4Rec(GRU4RecParams.from_dict(model_params)).fit(data)
 
 
 def decide(
@@ -273,7 +394,33 @@ def decide(
     return decision.to_dict()
 
 
-def commit(report: ingest.IngestReport, decision: dict[str, Any]) -> dict[str, Any]:
-    """Record the processed files in the manifest (last step: a killed run re-offers them)."""
+def archive(
+    report: ingest.IngestReport,
+    new_train: pl.DataFrame,
+    window: pl.DataFrame,
+    params: dict[str, Any],
+    decision: dict[str, Any],
+) -> dict[str, pl.DataFrame]:
+    """This run's new data (training part and window) as the history partition
+    ``report.batch``, whatever the decision: later from-scratch challengers train on it. A
+    retry of the same files writes the same partition again."""
+    del decision  # ordering only: archive after the decision
+    columns = _columns(params)
+    return {report.batch: pl.concat([new_train.select(columns), window.select(columns)])}
+
+
+def commit(
+    report: ingest.IngestReport,
+    decision: dict[str, Any],
+    history: dict[str, Callable[[], pl.DataFrame]],
+) -> dict[str, Any]:
+    """Record the processed files in the manifest with their batch key (last step: a killed
+    run re-offers them, and its history partition is ignored until then)."""
+    if report.batch not in history:
+        raise RuntimeError(f"history partition {report.batch} was not written: not committing")
     ingest.commit(report)
-    return {"committed": [f.path.name for f in report.new], "promote": decision["promote"]}
+    return {
+        "committed": [f.path.name for f in report.new],
+        "batch": report.batch,
+        "promote": decision["promote"],
+    }

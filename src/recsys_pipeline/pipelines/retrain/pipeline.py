@@ -14,14 +14,20 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.scan, ["params:retrain", "params:preprocess"], "ingest_report", name="scan"),
             Node(
+                nodes.gather_history,
+                ["old_train", "old_ratings", "history", "ingest_report", "params:retrain"],
+                "all_before",
+                name="gather_history",
+            ),
+            Node(
                 nodes.prepare,
-                ["ingest_report", "params:retrain", "params:preprocess"],
+                ["ingest_report", "all_before", "params:retrain", "params:preprocess"],
                 ["new_train", "window", "ingest_summary"],
                 name="prepare",
             ),
             Node(
                 nodes.train_challenger,
-                ["new_train", "old_train", "params:retrain", "params:gru4rec", "params:neumf"],
+                ["new_train", "all_before", "params:retrain", "params:gru4rec", "params:neumf"],
                 "challenger",
                 name="train_challenger",
             ),
@@ -31,7 +37,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "decision",
                 name="decide",
             ),
-            Node(nodes.commit, ["ingest_report", "decision"], "committed", name="commit"),
+            Node(
+                nodes.archive,
+                ["ingest_report", "new_train", "window", "params:retrain", "decision"],
+                "history_update",
+                name="archive",
+            ),
+            Node(
+                nodes.commit,
+                ["ingest_report", "decision", "history_update"],
+                "committed",
+                name="commit",
+            ),
         ],
         namespace="retrain",
         parameters={
