@@ -39,11 +39,13 @@ def _parse(text: str) -> configparser.ConfigParser:
 
 
 def _fake_project(root: Path) -> Path:
-    """A project directory with an executable ``.venv/bin/kedro`` (systemd-analyze checks it)."""
-    kedro = root / ".venv" / "bin" / "kedro"
-    kedro.parent.mkdir(parents=True)
-    kedro.write_text("#!/bin/sh\nexit 0\n")
-    kedro.chmod(kedro.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    """A project directory with executable ``.venv/bin/kedro`` and ``.venv/bin/python`` stubs
+    (systemd-analyze checks them)."""
+    for name in ("kedro", "python"):
+        exe = root / ".venv" / "bin" / name
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\nexit 0\n")
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return root
 
 
@@ -71,6 +73,12 @@ def test_units_name_retrain_pipeline_and_dataset(tmp_path: Path) -> None:
     assert exec_start == f"{tmp_path}/.venv/bin/kedro {RETRAIN_ARGS}"
     assert "--pipelines=retrain" in shlex.split(exec_start)
     assert DATASET in units[TIMER]
+    # a run with no new incoming file is skipped (ExecCondition exits 1), not failed
+    condition = service["Service"]["ExecCondition"]
+    assert condition == (
+        f"{tmp_path}/.venv/bin/python -m recsys_pipeline.pipelines.retrain.pending "
+        f"--dataset {DATASET}"
+    )
 
 
 def test_units_parse_as_ini_with_expected_keys(tmp_path: Path) -> None:
@@ -176,13 +184,23 @@ def test_cron_schedule_is_normalised(tmp_path: Path) -> None:
 
 
 def test_cron_command_runs_in_sh(tmp_path: Path) -> None:
-    """The command part is valid /bin/sh and calls the project's kedro with the retrain args."""
+    """The command part is valid /bin/sh; it calls the project's kedro with the retrain args
+    only when the pending check (the venv's python) says there are new files."""
     project = _fake_project(tmp_path / "project dir")
     kedro = project / ".venv" / "bin" / "kedro"
     kedro.write_text('#!/bin/sh\necho "$@" > args.txt\n')
+    python = project / ".venv" / "bin" / "python"
+    python.write_text('#!/bin/sh\necho "$@" > check.txt\nexit 1\n')  # nothing new
     if shutil.which("flock") is None:
         pytest.skip("flock (util-linux) is not installed on this machine")
     command = cron_line(project, DATASET).split(maxsplit=5)[5]
+    run = subprocess.run(
+        ["/bin/sh", "-c", command], check=False, timeout=30, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert run.returncode == 1 and not (project / "args.txt").exists()
+    check = f"-m recsys_pipeline.pipelines.retrain.pending --dataset {DATASET}"
+    assert (project / "check.txt").read_text().strip() == check
+    python.write_text("#!/bin/sh\nexit 0\n")  # new files
     subprocess.run(
         ["/bin/sh", "-c", command], check=True, timeout=30, env={"PATH": "/usr/bin:/bin"}
     )

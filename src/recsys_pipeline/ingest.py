@@ -62,6 +62,7 @@ __all__ = [
     "SkippedFile",
     "commit",
     "file_sha256",
+    "pending",
     "read_manifest",
     "scan_incoming",
 ]
@@ -277,10 +278,7 @@ def scan_incoming(
     report = IngestReport(manifest_path=manifest, ingested_batches=list(dict.fromkeys(batches)))
     seen: dict[str, IncomingFile] = {}
     quarantined_entries: list[ManifestEntry] = []
-    ignored = {manifest.resolve()}
-    for path in sorted(incoming.iterdir(), key=lambda p: p.name):
-        if path.name.startswith(".") or not path.is_file() or path.resolve() in ignored:
-            continue
+    for path in _candidates(incoming, manifest):
         file = IncomingFile(path=path, size=path.stat().st_size, sha256=file_sha256(path))
         if file.sha256 in known:
             previous = known[file.sha256]
@@ -307,6 +305,27 @@ def scan_incoming(
     _append_to_manifest(manifest, quarantined_entries)
     logger.info("incoming %s: %s", incoming, report.summary())
     return report
+
+
+def _candidates(incoming: Path, manifest: Path) -> list[Path]:
+    """The files of ``incoming`` a scan looks at, in name order (not hidden, not the manifest)."""
+    ignored = manifest.resolve()
+    return [
+        path
+        for path in sorted(incoming.iterdir(), key=lambda p: p.name)
+        if not path.name.startswith(".") and path.is_file() and path.resolve() != ignored
+    ]
+
+
+def pending(incoming_dir: str | Path, manifest_path: str | Path) -> list[Path]:
+    """The files a :func:`scan_incoming` would look at whose content the manifest does not
+    know (``[]`` when the folder does not exist): is there anything to retrain on? Corrupt
+    files count too (the scan quarantines them). Reads and hashes the files; writes nothing."""
+    incoming = Path(incoming_dir)
+    if not incoming.is_dir():
+        return []
+    known = {entry.sha256 for entry in read_manifest(manifest_path)}
+    return [p for p in _candidates(incoming, Path(manifest_path)) if file_sha256(p) not in known]
 
 
 def _quarantine(file: IncomingFile, err: Exception) -> QuarantinedFile:

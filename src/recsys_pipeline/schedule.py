@@ -38,6 +38,7 @@ __all__ = [
     "RETRAIN_PIPELINE",
     "cron_line",
     "kedro_command",
+    "pending_command",
     "service_name",
     "systemd_units",
     "timer_name",
@@ -48,6 +49,8 @@ RETRAIN_PIPELINE = "retrain"
 DEFAULT_ON_CALENDAR = "*-*-* 03:00:00"
 DEFAULT_CRON_SCHEDULE = "0 3 * * *"
 KEDRO_RELATIVE = Path(".venv") / "bin" / "kedro"
+PYTHON_RELATIVE = Path(".venv") / "bin" / "python"
+PENDING_MODULE = "recsys_pipeline.pipelines.retrain.pending"
 
 # A dataset name becomes part of a unit name, a file name, a log name and a Kedro parameter value.
 _DATASET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -173,6 +176,13 @@ def kedro_command(dataset: str, extra_params: str = "") -> list[str]:
     return ["run", f"--pipelines={RETRAIN_PIPELINE}", f"--params={params}"]
 
 
+def pending_command(dataset: str) -> list[str]:
+    """Arguments after the venv's ``python``: the check that skips a run with no new file
+    (exit 0: new files, 1: nothing new, 255: error; see
+    :mod:`recsys_pipeline.pipelines.retrain.pending`)."""
+    return ["-m", PENDING_MODULE, "--dataset", _check_dataset(dataset)]
+
+
 def _systemd_quote(arg: str) -> str:
     """Quote one ExecStart= word for systemd when it contains a space (validated input only)."""
     return f'"{arg}"' if " " in arg or "\t" in arg else arg
@@ -211,6 +221,7 @@ def systemd_units(
     on_calendar = _check_on_calendar(on_calendar)
     user = _check_user(user)
     argv = [str(project / KEDRO_RELATIVE), *kedro_command(dataset, extra_params)]
+    check = [str(project / PYTHON_RELATIVE), *pending_command(dataset)]
     service, timer = service_name(dataset), timer_name(dataset)
 
     service_lines = [
@@ -226,6 +237,8 @@ def systemd_units(
         f"WorkingDirectory={project}",
         "Environment=KEDRO_DISABLE_TELEMETRY=true",
         "Environment=PYTHONUNBUFFERED=1",
+        # exit 1 (no new file) skips the run without marking the unit failed
+        f"ExecCondition={' '.join(_systemd_quote(a) for a in check)}",
         f"ExecStart={' '.join(_systemd_quote(a) for a in argv)}",
         "TimeoutStartSec=infinity",
         "Nice=10",
@@ -259,7 +272,9 @@ def cron_line(
     cron runs jobs with a minimal environment (``PATH=/usr/bin:/bin``, no activated venv, no
     login shell), so the line ``cd``s into the project and calls ``.venv/bin/kedro`` by path;
     nothing depends on ``PATH``. Output is appended to ``logs/retrain-<dataset>.log`` in the
-    project. ``flock -n`` (util-linux) skips a run while the previous one still holds the lock.
+    project. The run starts only when the incoming folder holds a new file
+    (:func:`pending_command`); ``flock -n`` (util-linux) skips a run while the previous one
+    still holds the lock.
 
     Args:
         project_dir: absolute path of the Kedro project (holds ``.venv/bin/kedro``).
@@ -277,10 +292,12 @@ def cron_line(
     dataset = _check_dataset(dataset)
     schedule = _check_cron_schedule(schedule)
     args = " ".join(shlex.quote(a) for a in kedro_command(dataset, extra_params))
+    check = " ".join(shlex.quote(a) for a in pending_command(dataset))
     log = f"logs/retrain-{dataset}.log"
     lock = f"logs/retrain-{dataset}.lock"
     command = (
         f"cd {shlex.quote(str(project))} && mkdir -p logs && "
+        f"{PYTHON_RELATIVE} {check} >> {log} 2>&1 && "
         f"KEDRO_DISABLE_TELEMETRY=true flock -n {lock} {KEDRO_RELATIVE} {args} >> {log} 2>&1"
     )
     if "%" in command:  # '%' means "newline" to cron; validation should have kept it out

@@ -19,4 +19,8 @@ HOOKS = (RetrainLockHook(),)
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # conf/<env> parameter files deep-merge into conf/base: they (and `--params`) need only the
+    # keys they change (Kedro's default "destructive" merge replaces a whole top-level block,
+    # and then drops its other keys, e.g. `synthetic.format`, when `--params` sets one key).
+    "merge_strategy": {"parameters": "soft"},
 }

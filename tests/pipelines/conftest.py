@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -26,6 +27,7 @@ def project(tmp_path, monkeypatch) -> Iterator[Path]:
     """tmp_path laid out as the project: conf/, pyproject.toml, empty src/ and data/ layers."""
     shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     (tmp_path / "conf" / "local").mkdir()
+    _own_tracking_store(tmp_path)
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / "src").mkdir()
@@ -35,6 +37,16 @@ def project(tmp_path, monkeypatch) -> Iterator[Path]:
     _end_mlflow_runs()
     yield tmp_path
     _end_mlflow_runs()
+
+
+def _own_tracking_store(project: Path) -> None:
+    """conf/local/mlflow.yml with the project's sqlite store as an absolute URI. MLflow caches
+    one store per URI string in a process, so the relative ``sqlite:///mlflow.db`` of
+    conf/base would keep pointing at the first test project's database in later tests (and
+    differ from what a ``kedro run`` subprocess of this project uses)."""
+    server = yaml.safe_load((project / "conf/base/mlflow.yml").read_text())["server"]
+    server["mlflow_tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
+    (project / "conf/local/mlflow.yml").write_text(yaml.safe_dump({"server": server}))
 
 
 def run(project: Path, pipeline: str, **kwargs) -> None:

@@ -42,7 +42,9 @@ def test_study_resumes_after_a_kill_and_retries_the_interrupted_trial(tmp_path):
         except KeyError:  # study not created yet
             continue
         states = [t.state for t in trials]
-        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+        # the running trial must have its parameters already (a trial killed between its
+        # creation and its first suggestion has none to retry with)
+        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and trials[-1].params:
             break
     else:
         proc.kill()
@@ -117,3 +119,26 @@ def test_pruners():
 def test_signature_is_stored_as_plain_json(tmp_path):
     study = open_study(_settings(tmp_path), {"space": [{"name": "x", "low": 1}], "metric": "m"})
     assert json.loads(json.dumps(study.user_attrs["signature"]))["metric"] == "m"
+
+
+def test_a_lost_schema_race_is_recognised():
+    """Workers creating the schema at once: the loser's error is retried (an IntegrityError,
+    or PostgreSQL's duplicate-object / duplicate-table ProgrammingError), nothing else is."""
+    import sqlalchemy
+
+    from recsys_pipeline.tuning.study import _schema_race
+
+    class _Orig(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def programming(sqlstate: str) -> sqlalchemy.exc.ProgrammingError:
+        return sqlalchemy.exc.ProgrammingError("CREATE TABLE ...", {}, _Orig(sqlstate))
+
+    assert _schema_race(sqlalchemy.exc.IntegrityError("INSERT ...", {}, _Orig("23505")))
+    assert _schema_race(programming("42710"))  # type "alembic_version" already exists
+    assert _schema_race(programming("42P07"))
+    assert not _schema_race(programming("42601"))  # a syntax error is not a race
+    assert not _schema_race(sqlalchemy.exc.OperationalError("connect", {}, _Orig("08001")))
+    assert not _schema_race(None)

@@ -114,14 +114,29 @@ def make_pruner(name: str, args: dict[str, Any] | None = None) -> optuna.pruners
         raise TuningError(f"pruner {name!r}: bad arguments {args}: {err}") from err
 
 
+# PostgreSQL SQLSTATEs of a lost schema-creation race: duplicate_object (e.g. the type of
+# ``alembic_version``), duplicate_table, unique_violation.
+_SCHEMA_RACE_SQLSTATES = {"42710", "42P07", "23505"}
+
+
+def _schema_race(err: BaseException | None) -> bool:
+    """Did another worker create the same schema object first?"""
+    if isinstance(err, sqlalchemy.exc.IntegrityError):
+        return True
+    if isinstance(err, sqlalchemy.exc.ProgrammingError):
+        return getattr(err.orig, "sqlstate", None) in _SCHEMA_RACE_SQLSTATES
+    return False
+
+
 def _storage(settings: StudySettings, attempts: int = 5) -> RDBStorage:
     """The RDB storage; workers starting together race to create the schema (an
-    ``IntegrityError`` for the loser): retried a few times."""
+    ``IntegrityError``, or on PostgreSQL a duplicate-object ``ProgrammingError``, for the
+    loser): retried a few times."""
     for attempt in range(1, attempts + 1):
         try:
             return _connect(settings)
         except TuningError as err:
-            if not isinstance(err.__cause__, sqlalchemy.exc.IntegrityError) or attempt == attempts:
+            if not _schema_race(err.__cause__) or attempt == attempts:
                 raise
             logger.info("storage schema created concurrently by another worker; retrying")
             time.sleep(0.2 * attempt + random.random() * 0.3)
