@@ -61,6 +61,10 @@ def test_retrain_promotes_then_fine_tunes_and_ingests_exactly_once(project: Path
     assert list(partitions) == [batch] and summary["batch"] == batch
     assert partitions[batch]().height == summary["train_events"] + summary["window_events"]
     assert summary["validation"]["success"] is True
+    assert (
+        summary["quarantined"][0].startswith("broken.csv -> ")
+        and "RawDataError" in (summary["quarantined"][0])
+    )
 
     # nothing new: the run stops with a clear message and changes nothing
     with pytest.raises(RuntimeError, match="no new files"):

@@ -207,8 +207,8 @@ def _summary(report, train, window, cuts, validation, **extra) -> dict[str, Any]
     summary = {
         "batch": report.batch,
         "files": [f.path.name for f in report.new],
-        "skipped": [str(s) for s in report.skipped],
-        "quarantined": [str(q) for q in report.quarantined],
+        "skipped": [f"{s.file.name}: {s.reason}" for s in report.skipped],
+        "quarantined": [f"{q.file.name} -> {q.moved_to}: {q.reason}" for q in report.quarantined],
         "train_events": train.height,
         "window_events": window.height,
         "cuts": cuts,
