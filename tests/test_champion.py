@@ -29,6 +29,7 @@ from recsys_pipeline import champion as champion_module  # noqa: E402
 from recsys_pipeline.champion import (  # noqa: E402
     Decision,
     champion_challenger,
+    common_window,
     current_champion,
     decide,
     metric_key,
@@ -233,6 +234,10 @@ def test_champion_challenger_end_to_end(
     assert better.champion is not None
     assert better.champion["mrr@20"] == pytest.approx(first.challenger["mrr@20"])
     assert better.challenger["mrr@20"] > better.champion["mrr@20"] * 1.05
+    # all three are scored on the same targets
+    assert better.challenger["n_targets"] == better.champion["n_targets"]
+    assert better.challenger["n_targets"] == better.baseline["n_targets"]
+    assert better.window_rows == {"total": window.height, "common": window.height}
     assert better.challenger_version == "2" and _alias_version(client) == "2"
 
     # the weak model again: worse, not registered, the alias stays
@@ -306,3 +311,20 @@ def test_crash_leaves_champion_untouched(
     again = _run(strong, window, train)
     assert again.promote and again.champion_version == "1"
     assert _alias_version(client) == again.challenger_version == str(n_versions + 1)
+
+
+def test_common_window_keeps_what_every_model_knows() -> None:
+    """A champion that never saw an item is not scored on fewer targets than the challenger
+    that grew its tables for it: rows with an item (or user) one model lacks go for all."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    window = pl.DataFrame(
+        {"UserId": [1, 1, 2, 3], "ItemId": [10, 11, 12, 10], "Time": [1, 2, 3, 4]}
+    )
+    champion = SimpleNamespace(item_ids=np.array([10, 11]), user_ids=np.array([1, 2, 3]))
+    challenger = SimpleNamespace(item_ids=np.array([10, 11, 12]), user_ids=np.array([1, 2]))
+    assert common_window(window, [challenger, champion])["ItemId"].to_list() == [10, 11, 10]
+    both = common_window(window, [challenger, champion], users=True)
+    assert both.select("UserId", "ItemId").rows() == [(1, 10), (1, 11)]

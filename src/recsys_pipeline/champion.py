@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from recsys_pipeline.evaluation import evaluate
@@ -56,6 +58,7 @@ __all__ = [
     "MARGIN_MODES",
     "Decision",
     "champion_challenger",
+    "common_window",
     "current_champion",
     "decide",
     "metric_key",
@@ -87,6 +90,8 @@ class Decision:
         champion_version: registry version of the champion compared against (``None``: none).
         challenger_version: registry version of the challenger (``None`` until registered).
         model_name: the registered model's name.
+        window_rows: rows of the window (``total``) and of the part every compared model
+            knows (``common``; all models are scored on that part, so on the same targets).
         time: UTC time of the decision (ISO 8601).
     """
 
@@ -101,6 +106,7 @@ class Decision:
     champion_version: str | None = None
     challenger_version: str | None = None
     model_name: str | None = None
+    window_rows: dict[str, int] | None = None
     time: str = dataclasses.field(
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
@@ -327,6 +333,29 @@ def _log_decision(decision: Decision, artifact_file: str) -> None:
     mlflow.log_dict(decision.to_dict(), artifact_file)
 
 
+def common_window(window: pl.DataFrame, models: Sequence[Any], users: bool = False) -> pl.DataFrame:
+    """The rows of ``window`` whose item (and with ``users``, whose user) every model knows
+    (``model.item_ids`` / ``model.user_ids``). The shared evaluation drops what a model does not
+    know, so without this a champion that never saw the window's new items would be scored on
+    fewer, easier targets than the challenger that grew its tables for them."""
+    keep = pl.lit(True)
+    for column, attribute in (("ItemId", "item_ids"), ("UserId", "user_ids"))[: 2 if users else 1]:
+        known = functools.reduce(
+            np.intersect1d, [np.asarray(getattr(m, attribute)) for m in models]
+        )
+        keep = keep & pl.col(column).is_in(pl.Series(known.tolist(), dtype=window.schema[column]))
+    common = window.filter(keep)
+    if common.height < window.height:
+        logger.info(
+            "window: %d of %d rows are known to every model (%d with a new item%s left out)",
+            common.height,
+            window.height,
+            window.height - common.height,
+            " or user" if users else "",
+        )
+    return common
+
+
 def champion_challenger(
     challenger_model: Any,
     window: pl.DataFrame,
@@ -394,33 +423,39 @@ def champion_challenger(
     )
     eval_args: dict[str, Any] = {"progress": False, **dict(evaluate_kwargs or {})}
 
-    def run_eval(model: Any, role: str) -> dict[str, float]:
+    def run_eval(model: Any, role: str, rows: pl.DataFrame) -> dict[str, float]:
         if kind == "neumf":
             from recsys_pipeline.evaluation.user_ranking import full_ranking
 
             result = full_ranking(
-                model, window, exclude=train_for_baseline, cutoffs=cutoffs, mode=mode, **eval_args
+                model, rows, exclude=train_for_baseline, cutoffs=cutoffs, mode=mode, **eval_args
             )
         else:
-            result = evaluate(model, window, cutoffs=cutoffs, mode=mode, **eval_args)
+            result = evaluate(model, rows, cutoffs=cutoffs, mode=mode, **eval_args)
         metrics = _plain(result)
         logger.info("%s on the window: %s = %.6g", role, primary, metrics.get(primary, math.nan))
         return metrics
 
-    challenger_metrics = run_eval(challenger, "challenger")
     if kind == "neumf":
         from recsys_pipeline.evaluation.user_baselines import UserPopularity
 
-        baseline_metrics = run_eval(UserPopularity().fit(train_for_baseline), "popularity")
+        baseline, baseline_name = UserPopularity().fit(train_for_baseline), "popularity"
     else:
-        baseline_metrics = run_eval(MostPopular.fit(train_for_baseline), "most-popular")
+        baseline, baseline_name = MostPopular.fit(train_for_baseline), "most-popular"
     champion_metrics: dict[str, float] | None = None
     champion_version: str | None = None
     with tempfile.TemporaryDirectory(prefix="recsys-champion-") as tmp:
         found = current_champion(client, model_name, alias=alias, dst_dir=tmp, kind=kind)
+        champion = None
         if found is not None:
             champion_version, folder = found
-            champion_metrics = run_eval(model_class.load(folder, device="cpu"), "champion")
+            champion = model_class.load(folder, device="cpu")
+        models = [m for m in (challenger, champion, baseline) if m is not None]
+        common = common_window(window, models, users=kind == "neumf")
+        challenger_metrics = run_eval(challenger, "challenger", common)
+        baseline_metrics = run_eval(baseline, baseline_name, common)
+        if champion is not None:
+            champion_metrics = run_eval(champion, "champion", common)
     decision = decide(
         challenger_metrics,
         champion_metrics,
@@ -431,6 +466,7 @@ def champion_challenger(
         champion_version=champion_version,
         model_name=model_name,
     )
+    decision.window_rows = {"total": window.height, "common": common.height}
     logger.info("decision: %s (%s)", "promote" if decision.promote else "keep", decision.reason)
 
     active = mlflow.active_run()
