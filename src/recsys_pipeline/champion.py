@@ -374,6 +374,7 @@ def champion_challenger(
     evaluate_kwargs: Mapping[str, Any] | None = None,
     log_kwargs: Mapping[str, Any] | None = None,
     kind: str = "gru4rec",
+    history: pl.DataFrame | None = None,
 ) -> Decision:
     """Evaluate, decide, register and (only on promotion, last) move the champion alias.
 
@@ -398,6 +399,9 @@ def champion_challenger(
             ItemId) leaving out each user's ``train_for_baseline`` items, and the baseline is
             :class:`~recsys_pipeline.evaluation.user_baselines.UserPopularity` fit on
             ``train_for_baseline``.
+        history: NeuMF only: the ratings before ``train_for_baseline``. Each user's items in
+            either are left out of the ranking, and the popularity baseline knows their users
+            (its scores stay the popularity in ``train_for_baseline``).
 
     Returns:
         The :class:`Decision` (``challenger_version`` set when the challenger was registered).
@@ -423,12 +427,17 @@ def champion_challenger(
     )
     eval_args: dict[str, Any] = {"progress": False, **dict(evaluate_kwargs or {})}
 
+    seen = train_for_baseline
+    if kind == "neumf" and history is not None and history.height:
+        columns = ["UserId", "ItemId"]
+        seen = pl.concat([history.select(columns), train_for_baseline.select(columns)])
+
     def run_eval(model: Any, role: str, rows: pl.DataFrame) -> dict[str, float]:
         if kind == "neumf":
             from recsys_pipeline.evaluation.user_ranking import full_ranking
 
             result = full_ranking(
-                model, rows, exclude=train_for_baseline, cutoffs=cutoffs, mode=mode, **eval_args
+                model, rows, exclude=seen, cutoffs=cutoffs, mode=mode, **eval_args
             )
         else:
             result = evaluate(model, rows, cutoffs=cutoffs, mode=mode, **eval_args)
@@ -439,7 +448,8 @@ def champion_challenger(
     if kind == "neumf":
         from recsys_pipeline.evaluation.user_baselines import UserPopularity
 
-        baseline, baseline_name = UserPopularity().fit(train_for_baseline), "popularity"
+        baseline = UserPopularity().fit(seen, counts_from=train_for_baseline)
+        baseline_name = "popularity"
     else:
         baseline, baseline_name = MostPopular.fit(train_for_baseline), "most-popular"
     champion_metrics: dict[str, float] | None = None

@@ -124,3 +124,13 @@ def test_baselines() -> None:
     np.testing.assert_allclose(
         cooc.score(torch.tensor([1]), torch.tensor([[3, 1]])).numpy(), expected[[1]][:, [3, 1]]
     )
+
+
+def test_user_popularity_counts_from_a_recent_part():
+    """Every user of ``train`` is known; the scores are the popularity in ``counts_from``."""
+    train = pl.DataFrame({"UserId": [1, 1, 2, 3, 3, 3], "ItemId": [10, 11, 10, 10, 11, 12]})
+    recent = pl.DataFrame({"UserId": [3, 3, 2], "ItemId": [12, 11, 12]})
+    pop = UserPopularity().fit(train, counts_from=recent)
+    assert pop.user_ids.tolist() == [1, 2, 3] and pop.item_ids.tolist() == [10, 11, 12]
+    assert pop.popularity.tolist() == [0.0, 1.0, 2.0]
+    assert UserPopularity().fit(train).popularity.tolist() == [3.0, 2.0, 1.0]

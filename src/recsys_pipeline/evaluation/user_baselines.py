@@ -40,10 +40,27 @@ class UserPopularity:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def fit(self, train: pl.DataFrame, user_key: str = "UserId", item_key: str = "ItemId") -> Self:
+    def fit(
+        self,
+        train: pl.DataFrame,
+        user_key: str = "UserId",
+        item_key: str = "ItemId",
+        counts_from: pl.DataFrame | None = None,
+    ) -> Self:
+        """Users and items of ``train``; popularity counted on ``counts_from`` (default
+        ``train``; e.g. only the recent part, so that the scores are recent popularity while
+        every user of ``train`` is known)."""
         data = UserItemData.from_frame(train, user_key, item_key)
         self.user_ids, self.item_ids = data.user_ids, data.item_ids
-        counts = np.bincount(data.items, minlength=data.n_items)
+        if counts_from is None:
+            counts = np.bincount(data.items, minlength=data.n_items)
+        else:
+            recent = counts_from.select(user_key, item_key).unique()
+            index = pl.DataFrame(
+                {item_key: self.item_ids, "_i": np.arange(len(self.item_ids), dtype=np.int64)}
+            ).with_columns(pl.col(item_key).cast(recent.schema[item_key]))
+            positions = recent.join(index, on=item_key, how="inner")["_i"].to_numpy()
+            counts = np.bincount(positions, minlength=data.n_items)
         self.popularity = torch.from_numpy(counts.astype(np.float32))
         return self
 

@@ -371,12 +371,15 @@ def decide(
     challenger: Any,
     window: pl.DataFrame,
     new_train: pl.DataFrame,
+    history: pl.DataFrame,
     params: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> dict[str, Any]:
     """Champion vs challenger vs most-popular on the same newest window; the challenger is
     registered and becomes ``champion`` only if it passes the gates and beats the champion by
-    ``margin``. Returns the decision (versioned JSON, also logged to MLflow)."""
+    ``margin``. Returns the decision (versioned JSON, also logged to MLflow). NeuMF: each
+    user's earlier ratings (history and new) are left out of the ranking; the baseline is the
+    popularity in the new training data."""
     decision = champion_challenger(
         challenger,
         window,
@@ -389,6 +392,7 @@ def decide(
         mode=evaluation["mode"],
         register_rejected=bool(params.get("register_rejected", False)),
         kind=_kind(params),
+        history=history,
     )
     logger.info("decision: %s (%s)", "PROMOTE" if decision.promote else "keep", decision.reason)
     return decision.to_dict()

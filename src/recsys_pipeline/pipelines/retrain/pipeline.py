@@ -33,7 +33,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.decide,
-                ["challenger", "window", "new_train", "params:retrain", "params:evaluation"],
+                [
+                    "challenger",
+                    "window",
+                    "new_train",
+                    "all_before",
+                    "params:retrain",
+                    "params:evaluation",
+                ],
                 "decision",
                 name="decide",
             ),
