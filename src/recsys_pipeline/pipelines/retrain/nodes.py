@@ -84,13 +84,13 @@ def _file_check(params: dict[str, Any], preprocess: dict[str, Any]) -> Callable[
             check_raw_schema as check_raw_ratings,
         )
 
-        variant = {"variant": params.get("ratings_variant", "ml-100k")}
+        variant = params.get("ratings_variant", "ml-100k")
 
         def check(path: Path) -> None:
             ratings = _read_ratings(params, path)
             if ratings.height == 0:
                 raise ValueError(f"{path}: no ratings")
-            check_raw_ratings(ratings, variant | {"variant": f"{variant['variant']} {path.name}"})
+            check_raw_ratings(ratings, {"variant": f"{variant} {path.name}"})
 
         return check
     pp = dict(preprocess[params["dataset"]])
@@ -113,13 +113,8 @@ def scan(params: dict[str, Any], preprocess: dict[str, Any]) -> ingest.IngestRep
         raise ValueError(f"retrain.mode must be one of {MODES}, got {params['mode']!r}")
     incoming, manifest = _paths(params)
     incoming.mkdir(parents=True, exist_ok=True)
-    report = ingest.scan_incoming(incoming, manifest, _file_check(params, preprocess))
-    logger.info("incoming %s: %s", incoming, report.summary())
-    for skipped in report.skipped:
-        logger.info("skipped (already processed): %s", skipped)
-    for bad in report.quarantined:
-        logger.warning("quarantined: %s", bad)
-    return report
+    # scan_incoming logs each skipped and quarantined file and the summary
+    return ingest.scan_incoming(incoming, manifest, _file_check(params, preprocess))
 
 
 def gather_history(
