@@ -30,8 +30,8 @@ from .suites import (
     _between,
     _column_specs,
     _Failure,
-    _format_kwargs,
     _in_set,
+    _message,
     _run_tables,
     _Spec,
     _Table,
@@ -216,30 +216,6 @@ def _split_specs(artifact: str, cut_valid: int, cut_test: int) -> list[_Spec]:
     return [_where(spec, "split", artifact) for spec in specs]
 
 
-def _message(dataset: str, failures: list[_Failure]) -> str:
-    """The error message: one block per failed expectation, with example rows."""
-    artifacts = sorted({f.artifact for f in failures})
-    lines = [
-        f"Data validation failed for dataset {dataset!r} "
-        f"({', '.join(artifacts)}): {len(failures)} expectation(s) failed."
-    ]
-    with pl.Config(
-        tbl_rows=N_EXAMPLES, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_width_chars=200
-    ):
-        for f in failures:
-            result = f.result
-            lines.append(
-                f"* dataset {dataset!r}, artifact {f.artifact!r}: {result.check.name} FAILED: "
-                f"{result.expectation_type}({_format_kwargs(result.kwargs)}) on the "
-                f"{LABELS[f.table]}; expected: {result.check.description}."
-            )
-            lines.append(f"  observed: {result.observed}")
-            lines.append(f"  offending {f.key}: {f.offending}")
-            lines.append(f"  example rows of {f.artifact!r} (up to {N_EXAMPLES}):")
-            lines.extend("    " + line for line in str(f.examples).splitlines())
-    return "\n".join(lines)
-
-
 def validate_rating_splits(
     artifacts: dict[str, pl.DataFrame],
     dataset: str,
@@ -365,7 +341,7 @@ def validate_rating_splits(
         report["seconds"],
     )
     if failures:
-        message = _message(dataset, failures)
+        message = _message(dataset, failures, LABELS, artifact_word="artifact")
         if raise_on_failure:
             raise DataValidationError(message, report)
         logger.warning("%s", message)

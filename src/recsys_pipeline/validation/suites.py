@@ -336,8 +336,15 @@ def _format_kwargs(kwargs: Mapping[str, Any]) -> str:
     return text
 
 
-def _message(dataset: str, failures: list[_Failure]) -> str:
-    """The error message: one block per failure, with example rows."""
+def _message(
+    dataset: str,
+    failures: list[_Failure],
+    labels: Mapping[str, str] | None = None,
+    artifact_word: str = "split/artifact",
+) -> str:
+    """The error message: one block per failure, with example rows (``labels``: table name ->
+    its description, default :data:`TABLE_LABELS`)."""
+    labels = TABLE_LABELS if labels is None else labels
     artifacts = sorted({f.artifact for f in failures})
     lines = [
         f"Data validation failed for dataset {dataset!r} "
@@ -349,9 +356,9 @@ def _message(dataset: str, failures: list[_Failure]) -> str:
         for f in failures:
             result = f.result
             lines.append(
-                f"* dataset {dataset!r}, split/artifact {f.artifact!r}: {result.check.name} "
+                f"* dataset {dataset!r}, {artifact_word} {f.artifact!r}: {result.check.name} "
                 f"FAILED: {result.expectation_type}({_format_kwargs(result.kwargs)}) "
-                f"on the {TABLE_LABELS[f.table]}; expected: {result.check.description}."
+                f"on the {labels[f.table]}; expected: {result.check.description}."
             )
             lines.append(f"  observed: {result.observed}")
             lines.append(f"  offending {f.key}: {f.offending}")
