@@ -64,7 +64,6 @@ import dataclasses
 import json
 import logging
 import math
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -77,7 +76,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_pipeline.models.params import format_param_string, parse_param_string
+from recsys_pipeline.models.params import (
+    checked_hints,
+    convert_value,
+    fine_tune_round,
+    format_param_string,
+    parse_param_string,
+)
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.optim import ADAPT_METHODS, IndexedAdagradM, clip_grad_norm
 from recsys_pipeline.training.sampler import NegativeSampler
@@ -224,15 +229,9 @@ class GRU4RecParams:
         Raises:
             ValueError: an unknown name (the message lists the valid ones) or a bad value.
         """
-        valid = cls.field_names()
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown GRU4Rec parameter(s) {unknown}; valid names: {', '.join(valid)}"
-            )
-        hints = typing.get_type_hints(cls)
+        hints = checked_hints(cls, values, "GRU4Rec")
         kwargs = {k: v for k, v in values.items() if not (k == "embedding" and v == "layersize")}
-        kwargs = {k: _convert(k, v, hints[k]) for k, v in kwargs.items()}
+        kwargs = {k: convert_value("GRU4Rec", k, v, hints[k]) for k, v in kwargs.items()}
         if values.get("embedding") == "layersize":  # reference shorthand: embedding = layers[0]
             kwargs["embedding"] = (kwargs.get("layers") or cls().layers)[0]
         return cls(**kwargs)
@@ -249,38 +248,6 @@ class GRU4RecParams:
     def to_string(self) -> str:
         """The parameter string :meth:`from_string` reads back."""
         return format_param_string(self.to_dict())
-
-
-def _convert(name: str, value: Any, hint: Any) -> Any:
-    """``value`` as the type ``hint`` of field ``name`` (strings parsed as run.py does)."""
-    try:
-        if hint is bool:
-            return _as_bool(value)
-        if typing.get_origin(hint) is list:
-            if isinstance(value, str):
-                value = value.split("/")
-            elif isinstance(value, int | float):
-                value = [value]
-            return [_as_int(x) for x in value]
-        if hint is int:
-            return _as_int(value)
-        return float(value) if hint is float else str(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad value for GRU4Rec parameter {name!r}: {err}") from err
-
-
-def _as_bool(value: Any) -> bool:
-    text = str(value).strip().lower()
-    if isinstance(value, bool) or text in ("true", "false", "1", "0"):
-        return text in ("true", "1")
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _as_int(value: Any) -> int:
-    number = float(value) if isinstance(value, str) and not value.strip().isdigit() else value
-    if isinstance(number, float) and not number.is_integer():
-        raise ValueError(f"not an integer: {value!r}")
-    return int(number)
 
 
 # ------------------------------------------------------------------------------- activations
@@ -1213,21 +1180,11 @@ class GRU4Rec:
             FloatingPointError: the loss became NaN/inf; the model is then left unusable
                 (``net`` is None): reload the saved model.
         """
-        if optimizer_state not in ("carry", "reset"):
-            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
         p = self.params
-        n_epochs = p.n_epochs if n_epochs is None else int(n_epochs)
-        learning_rate = p.learning_rate if learning_rate is None else float(learning_rate)
-        if n_epochs < 0 or learning_rate <= 0:
-            raise ValueError(
-                f"need n_epochs >= 0 and learning_rate > 0, got {n_epochs}, {learning_rate}"
-            )
         self._network()
-        if optimizer_state == "carry" and self._optimizer is None:
-            raise RuntimeError(
-                "optimizer_state='carry' but the model has no optimizer state (saved without "
-                "optimizer.pt?): use optimizer_state='reset'"
-            )
+        n_epochs, learning_rate = fine_tune_round(
+            p, n_epochs, learning_rate, optimizer_state, self._optimizer is not None
+        )
         if isinstance(new_train, SessionData):
             data = new_train
             if not np.array_equal(data.item_ids[: self.n_items], self.item_ids):

@@ -52,7 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.evaluation.user_ranking import sampled_ranking
-from recsys_pipeline.models.params import format_param_string, parse_param_string
+from recsys_pipeline.models.params import (
+    checked_hints,
+    convert_value,
+    fine_tune_round,
+    format_param_string,
+    parse_param_string,
+)
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.interactions import (
     NEGATIVE_MODES,
@@ -138,14 +144,8 @@ class NeuMFParams:
         Raises:
             ValueError: an unknown name (the message lists the valid ones) or a bad value.
         """
-        valid = cls.field_names()
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown NeuMF parameter(s) {unknown}; valid names: {', '.join(valid)}"
-            )
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _convert(k, v, hints[k]) for k, v in values.items()})
+        hints = checked_hints(cls, values, "NeuMF")
+        return cls(**{k: convert_value("NeuMF", k, v, hints[k]) for k, v in values.items()})
 
     @classmethod
     def from_string(cls, text: str) -> NeuMFParams:
@@ -157,28 +157,6 @@ class NeuMFParams:
 
     def to_string(self) -> str:
         return format_param_string(self.to_dict())
-
-
-def _convert(name: str, value: Any, hint: Any) -> Any:
-    try:
-        if typing.get_origin(hint) is list:
-            if isinstance(value, str):
-                value = value.split("/")
-            elif isinstance(value, int | float):
-                value = [value]
-            return [_as_int(x) for x in value]
-        if hint is int:
-            return _as_int(value)
-        return float(value) if hint is float else str(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad value for NeuMF parameter {name!r}: {err}") from err
-
-
-def _as_int(value: Any) -> int:
-    number = float(value) if isinstance(value, str) else value
-    if isinstance(number, float) and not number.is_integer():
-        raise ValueError(f"not an integer: {value!r}")
-    return int(number)
 
 
 # ------------------------------------------------------------------------------------ network
@@ -574,21 +552,11 @@ class NeuMF:
             ValueError: a bad argument or an empty / malformed ``new_train`` (nothing changed).
             FloatingPointError: the loss became NaN/inf; ``net`` is then None (reload).
         """
-        if optimizer_state not in ("carry", "reset"):
-            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
         p = self.params
-        n_epochs = p.n_epochs if n_epochs is None else int(n_epochs)
-        learning_rate = p.learning_rate if learning_rate is None else float(learning_rate)
-        if n_epochs < 0 or learning_rate <= 0:
-            raise ValueError(
-                f"need n_epochs >= 0 and learning_rate > 0, got {n_epochs}, {learning_rate}"
-            )
         self._network()
-        if optimizer_state == "carry" and self._optimizer is None:
-            raise RuntimeError(
-                "optimizer_state='carry' but the model has no optimizer state (saved without "
-                "optimizer.pt?): use optimizer_state='reset'"
-            )
+        n_epochs, learning_rate = fine_tune_round(
+            p, n_epochs, learning_rate, optimizer_state, self._optimizer is not None
+        )
         for col in (user_key, item_key):
             if col not in new_train.columns:
                 raise ValueError(f"frame has no column {col!r} (columns: {new_train.columns})")
