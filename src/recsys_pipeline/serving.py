@@ -149,9 +149,9 @@ def _as_k(value: Any, where: str, n_items: int) -> int:
     return k
 
 
-def _as_bool(value: Any, where: str) -> bool:
+def _as_flag(value: Any, where: str, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise _bad_request(f"{where}: 'exclude_seen' must be true or false, got {value!r}")
+        raise _bad_request(f"{where}: '{name}' must be true or false, got {value!r}")
     return bool(value)
 
 
@@ -174,7 +174,130 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
     )
 
 
-class GRU4RecPyfunc(_PythonModel):
+class _TopKPyfunc(_PythonModel):
+    """What both pyfunc models share: the config (``max_batch``, ``device``, ``torch_threads``),
+    the checks of the batch, of ``k`` and of the exclusion flag (per request in ``params`` or
+    per row), one ``recommend`` call per distinct ``(k, flag)``, and the response (``items``
+    and ``scores`` per row, in request order; excluded items, scored ``-inf``, left out).
+
+    A subclass names its artifact, its required column (``key``) and its flag, and supplies
+    ``_load`` (a saved folder -> model), ``configure``, ``_row`` (one row's key, validated) and
+    ``_recommend``.
+    """
+
+    artifact: str
+    key: str  # the required column
+    key_help: str  # what the key holds, for the "missing field" message
+    flag: str
+    flag_default: bool
+    columns: tuple[str, ...]
+    noun: str  # what one row is, in messages
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.max_batch = DEFAULT_MAX_BATCH
+        self._known: frozenset[Any] = frozenset()
+        self._str_ids = False
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_context(self, context: Any) -> None:
+        """Load the saved model folder ``context.artifacts[<artifact>]``; read the config."""
+        config = dict(getattr(context, "model_config", None) or {})
+        model = self._load(context.artifacts[self.artifact], config.get("device", "cpu"))
+        self.configure(model, **self._config_args(config))
+        threads = config.get("torch_threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+
+    def _config_args(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"max_batch": int(config.get("max_batch", DEFAULT_MAX_BATCH))}
+
+    def _use(self, model: Any, ids: Any, max_batch: int) -> None:
+        """Serve ``model``, whose rows are keyed by the raw ``ids``."""
+        self.model = model
+        self.max_batch = max_batch
+        ids = np.asarray(ids)
+        self._str_ids = ids.dtype.kind in "OUS"
+        self._known = frozenset(ids.tolist())
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict(
+        self,
+        context: Any,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Top-k recommendations for every row of ``model_input``.
+
+        Returns:
+            One row per input row, in order: ``items`` (list of raw ids, best first) and
+            ``scores`` (list of floats, descending).
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) for an invalid request.
+        """
+        if self.model is None:
+            raise RuntimeError("no model: load_context() was not called")
+        keys, groups = self._validate(_as_frame(model_input), params or {})
+        items_out: list[list[Any]] = [[] for _ in keys]
+        scores_out: list[list[float]] = [[] for _ in keys]
+        for (k, flag), rows in groups.items():
+            items, scores = self._recommend([keys[r] for r in rows], k, flag)
+            for j, r in enumerate(rows):
+                keep = ~np.isneginf(scores[j])
+                items_out[r] = items[j][keep].tolist()
+                scores_out[r] = scores[j][keep].astype(float).tolist()
+        return pd.DataFrame({"items": items_out, "scores": scores_out})
+
+    def _validate(
+        self, frame: pd.DataFrame, params: Mapping[str, Any]
+    ) -> tuple[list[Any], dict[tuple[int, bool], list[int]]]:
+        """``(key of every row, rows by (k, flag))``; raises a 400 error."""
+        unknown = [str(c) for c in frame.columns if c not in self.columns]
+        if unknown:
+            raise _bad_request(
+                f"unknown field(s) {unknown}; allowed fields: {list(self.columns)} "
+                f"('k' and '{self.flag}' may also be given in 'params')"
+            )
+        if self.key not in frame.columns:
+            raise _bad_request(f"missing field '{self.key}' ({self.key_help})")
+        n = len(frame)
+        if n == 0:
+            raise _bad_request(f"empty batch: send at least one {self.noun}")
+        if n > self.max_batch:
+            raise _bad_request(f"too many {self.noun}s: {n} > max_batch={self.max_batch}")
+        n_items = int(self.model.n_items)
+        default_k = _as_k(params.get(K, DEFAULT_K), "params", n_items)
+        default_flag = _as_flag(params.get(self.flag, self.flag_default), "params", self.flag)
+        k_col = frame[K].tolist() if K in frame.columns else [None] * n
+        flag_col = frame[self.flag].tolist() if self.flag in frame.columns else [None] * n
+        keys: list[Any] = []
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, raw in enumerate(frame[self.key].tolist()):
+            where = f"{self.noun} {i}"
+            keys.append(self._row(raw, where))
+            k = default_k if _is_missing(k_col[i]) else _as_k(k_col[i], where, n_items)
+            flag = flag_col[i]
+            flag = default_flag if _is_missing(flag) else _as_flag(flag, where, self.flag)
+            groups.setdefault((k, flag), []).append(i)
+        return keys, groups
+
+    def _load(self, folder: str, device: str) -> Any:
+        raise NotImplementedError
+
+    def configure(self, model: Any, max_batch: int = DEFAULT_MAX_BATCH) -> Any:
+        raise NotImplementedError
+
+    def _row(self, raw: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    def _recommend(self, keys: list[Any], k: int, flag: bool) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+class GRU4RecPyfunc(_TopKPyfunc):
     """MLflow pyfunc wrapper of a saved GRU4Rec folder: top-k next items per session.
 
     Configuration (``model_config`` of :func:`log_pyfunc_model`, read in ``load_context``):
@@ -183,27 +306,23 @@ class GRU4RecPyfunc(_PythonModel):
     threads, default: torch's choice). See the module docstring for the request format.
     """
 
+    artifact = MODEL_ARTIFACT
+    key, key_help = SESSION, "the list of raw item ids of a session"
+    flag, flag_default = EXCLUDE_SEEN, False
+    columns = COLUMNS
+    noun = "session"
+
     def __init__(self) -> None:
+        super().__init__()
         self.model: GRU4Rec | None = None
-        self.max_batch = DEFAULT_MAX_BATCH
         self.max_session_length = DEFAULT_MAX_SESSION_LENGTH
-        self._known: frozenset[Any] = frozenset()
-        self._str_ids = False
 
-    # -- loading -------------------------------------------------------------------------------
-    def load_context(self, context: Any) -> None:
-        """Load the GRU4Rec folder ``context.artifacts["gru4rec"]`` and read the config."""
-        config = dict(getattr(context, "model_config", None) or {})
-        self.configure(
-            GRU4Rec.load(context.artifacts[MODEL_ARTIFACT], device=config.get("device", "cpu")),
-            max_batch=int(config.get("max_batch", DEFAULT_MAX_BATCH)),
-            max_session_length=int(config.get("max_session_length", DEFAULT_MAX_SESSION_LENGTH)),
-        )
-        threads = config.get("torch_threads")
-        if threads:
-            import torch
+    def _load(self, folder: str, device: str) -> GRU4Rec:
+        return GRU4Rec.load(folder, device=device)
 
-            torch.set_num_threads(int(threads))
+    def _config_args(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        length = int(config.get("max_session_length", DEFAULT_MAX_SESSION_LENGTH))
+        return super()._config_args(config) | {"max_session_length": length}
 
     def configure(
         self,
@@ -214,87 +333,18 @@ class GRU4RecPyfunc(_PythonModel):
         """Use an already loaded ``model`` (also what ``load_context`` calls)."""
         if max_batch < 1 or max_session_length < 1:
             raise ValueError("max_batch and max_session_length must be positive")
-        self.model = model
-        self.max_batch = max_batch
+        self._use(model, model.item_ids, max_batch)
         self.max_session_length = max_session_length
-        ids = np.asarray(model.item_ids)
-        self._str_ids = ids.dtype.kind in "OUS"
-        self._known = frozenset(ids.tolist())
         logger.info("GRU4Rec recommender loaded: %d items, max_batch %d", model.n_items, max_batch)
         return self
 
-    # -- prediction ----------------------------------------------------------------------------
-    def predict(
-        self,
-        context: Any,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Top-k recommendations for every session of ``model_input``.
+    def _recommend(
+        self, keys: list[list[Any]], k: int, flag: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        result = recommend(self.model, keys, k=k, exclude_seen=flag)
+        return result.items, result.scores
 
-        Returns:
-            One row per input session, in order: ``items`` (list of raw ids, best first) and
-            ``scores`` (list of floats, descending).
-
-        Raises:
-            MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) for an invalid request.
-        """
-        model = self.model
-        if model is None:
-            raise RuntimeError("no model: load_context() was not called")
-        frame = _as_frame(model_input)
-        sessions, ks, excludes = self._validate(frame, params or {})
-        items_out: list[list[Any]] = [[] for _ in sessions]
-        scores_out: list[list[float]] = [[] for _ in sessions]
-        groups: dict[tuple[int, bool], list[int]] = {}
-        for i, key in enumerate(zip(ks, excludes, strict=True)):
-            groups.setdefault(key, []).append(i)
-        for (k, exclude), rows in groups.items():
-            result = recommend(model, [sessions[r] for r in rows], k=k, exclude_seen=exclude)
-            for j, r in enumerate(rows):
-                scores = result.scores[j]
-                keep = np.isfinite(scores) if exclude else slice(None)
-                items_out[r] = result.items[j][keep].tolist()
-                scores_out[r] = scores[keep].astype(float).tolist()
-        return pd.DataFrame({"items": items_out, "scores": scores_out})
-
-    def _validate(
-        self, frame: pd.DataFrame, params: Mapping[str, Any]
-    ) -> tuple[list[list[Any]], list[int], list[bool]]:
-        """``(sessions, k per session, exclude_seen per session)``; raises a 400 error."""
-        model = self.model
-        assert model is not None
-        n_items = model.n_items
-        unknown = [str(c) for c in frame.columns if c not in COLUMNS]
-        if unknown:
-            raise _bad_request(
-                f"unknown field(s) {unknown}; allowed fields: {list(COLUMNS)} "
-                "('k' and 'exclude_seen' may also be given in 'params')"
-            )
-        if SESSION not in frame.columns:
-            raise _bad_request("missing field 'session' (the list of raw item ids of a session)")
-        n = len(frame)
-        if n == 0:
-            raise _bad_request("empty batch: send at least one session")
-        if n > self.max_batch:
-            raise _bad_request(f"too many sessions: {n} > max_batch={self.max_batch}")
-        default_k = _as_k(params.get(K, DEFAULT_K), "params", n_items)
-        default_exclude = _as_bool(params.get(EXCLUDE_SEEN, False), "params")
-        k_col = frame[K].tolist() if K in frame.columns else [None] * n
-        ex_col = frame[EXCLUDE_SEEN].tolist() if EXCLUDE_SEEN in frame.columns else [None] * n
-        sessions: list[list[Any]] = []
-        ks: list[int] = []
-        excludes: list[bool] = []
-        for i, raw in enumerate(frame[SESSION].tolist()):
-            where = f"session {i}"
-            sessions.append(self._session(raw, where))
-            ks.append(default_k if _is_missing(k_col[i]) else _as_k(k_col[i], where, n_items))
-            excludes.append(
-                default_exclude if _is_missing(ex_col[i]) else _as_bool(ex_col[i], where)
-            )
-        return sessions, ks, excludes
-
-    def _session(self, raw: Any, where: str) -> list[Any]:
+    def _row(self, raw: Any, where: str) -> list[Any]:
         """One session's ids as a list of Python ints (or strs), validated."""
         if isinstance(raw, np.ndarray):
             raw = raw.tolist()
@@ -327,7 +377,7 @@ class GRU4RecPyfunc(_PythonModel):
         return items
 
 
-class NeuMFPyfunc(_PythonModel):
+class NeuMFPyfunc(_TopKPyfunc):
     """MLflow pyfunc wrapper of a saved NeuMF folder: top-k items per user.
 
     Request: one record per user, ``{"dataframe_records": [{"user": 196}, {"user": 22, "k": 5}],
@@ -340,94 +390,36 @@ class NeuMFPyfunc(_PythonModel):
     ``torch_threads``.
     """
 
-    def __init__(self) -> None:
-        self.model: Any = None
-        self.max_batch = DEFAULT_MAX_BATCH
-        self._known: frozenset[Any] = frozenset()
-        self._str_ids = False
+    artifact = NEUMF_ARTIFACT
+    key, key_help = USER, "a raw user id"
+    flag, flag_default = EXCLUDE_TRAIN, True
+    columns = NEUMF_COLUMNS
+    noun = "user"
 
-    def load_context(self, context: Any) -> None:
-        """Load the NeuMF folder ``context.artifacts["neumf"]`` and read the config."""
+    def _load(self, folder: str, device: str) -> Any:
         from recsys_pipeline.models.neumf import NeuMF
 
-        config = dict(getattr(context, "model_config", None) or {})
-        self.configure(
-            NeuMF.load(context.artifacts[NEUMF_ARTIFACT], device=config.get("device", "cpu")),
-            max_batch=int(config.get("max_batch", DEFAULT_MAX_BATCH)),
-        )
-        threads = config.get("torch_threads")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
+        return NeuMF.load(folder, device=device)
 
     def configure(self, model: Any, max_batch: int = DEFAULT_MAX_BATCH) -> NeuMFPyfunc:
         """Use an already loaded NeuMF ``model`` (also what ``load_context`` calls)."""
         if max_batch < 1:
             raise ValueError("max_batch must be positive")
-        self.model = model
-        self.max_batch = max_batch
-        ids = np.asarray(model.user_ids)
-        self._str_ids = ids.dtype.kind in "OUS"
-        self._known = frozenset(ids.tolist())
+        self._use(model, model.user_ids, max_batch)
         return self
 
-    def predict(
-        self,
-        context: Any,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Top-k recommendations for every user of ``model_input`` (rows in order)."""
-        model = self.model
-        if model is None:
-            raise RuntimeError("no model: load_context() was not called")
-        frame = _as_frame(model_input)
-        params = params or {}
-        unknown = [str(c) for c in frame.columns if c not in NEUMF_COLUMNS]
-        if unknown:
-            raise _bad_request(f"unknown field(s) {unknown}; allowed fields: {list(NEUMF_COLUMNS)}")
-        if USER not in frame.columns:
-            raise _bad_request("missing field 'user' (a raw user id)")
-        n = len(frame)
-        if n == 0:
-            raise _bad_request("empty batch: send at least one user")
-        if n > self.max_batch:
-            raise _bad_request(f"too many users: {n} > max_batch={self.max_batch}")
-        n_items = int(model.n_items)
-        default_k = _as_k(params.get(K, DEFAULT_K), "params", n_items)
-        default_ex = params.get(EXCLUDE_TRAIN, True)
-        if not isinstance(default_ex, (bool, np.bool_)):
-            raise _bad_request(f"params: 'exclude_train' must be true or false, got {default_ex!r}")
-        k_col = frame[K].tolist() if K in frame.columns else [None] * n
-        ex_col = frame[EXCLUDE_TRAIN].tolist() if EXCLUDE_TRAIN in frame.columns else [None] * n
-        users, groups = [], {}
-        for i, raw in enumerate(frame[USER].tolist()):
-            where = f"row {i}"
-            if self._str_ids:
-                ok = isinstance(raw, str)
-            else:
-                ok = isinstance(raw, numbers.Integral) and not isinstance(raw, (bool, np.bool_))
-            user = (raw if self._str_ids else int(raw)) if ok else raw
-            if not ok or user not in self._known:
-                raise _bad_request(f"{where}: user {raw!r} is not known to the model")
-            users.append(user)
-            k = default_k if _is_missing(k_col[i]) else _as_k(k_col[i], where, n_items)
-            ex = ex_col[i]
-            if _is_missing(ex):
-                ex = default_ex
-            elif not isinstance(ex, (bool, np.bool_)):
-                raise _bad_request(f"{where}: 'exclude_train' must be true or false, got {ex!r}")
-            groups.setdefault((k, bool(ex)), []).append(i)
-        items_out: list[list[Any]] = [[] for _ in users]
-        scores_out: list[list[float]] = [[] for _ in users]
-        for (k, ex), rows in groups.items():
-            ids, scores = model.recommend([users[r] for r in rows], k=k, exclude_train=ex)
-            for j, r in enumerate(rows):
-                keep = np.isfinite(scores[j])
-                items_out[r] = ids[j][keep].tolist()
-                scores_out[r] = scores[j][keep].astype(float).tolist()
-        return pd.DataFrame({"items": items_out, "scores": scores_out})
+    def _row(self, raw: Any, where: str) -> Any:
+        if self._str_ids:
+            ok = isinstance(raw, str)
+        else:
+            ok = isinstance(raw, numbers.Integral) and not isinstance(raw, (bool, np.bool_))
+        user = (raw if self._str_ids else int(raw)) if ok else raw
+        if not ok or user not in self._known:
+            raise _bad_request(f"{where}: user {raw!r} is not known to the model")
+        return user
+
+    def _recommend(self, keys: list[Any], k: int, flag: bool) -> tuple[Any, Any]:
+        return self.model.recommend(keys, k=k, exclude_train=flag)
 
 
 # -- logging ---------------------------------------------------------------------------------
@@ -449,7 +441,7 @@ def _signature(model: Any, neumf: bool = False) -> Any:
 
     id_type = DataType.string if np.asarray(model.item_ids).dtype.kind in "OUS" else DataType.long
     # No input schema on purpose: MLflow's schema enforcement silently drops unknown columns,
-    # which the model rejects itself (see GRU4RecPyfunc._validate).
+    # which the model rejects itself (see _TopKPyfunc._validate).
     return ModelSignature(
         inputs=None,
         outputs=Schema(
