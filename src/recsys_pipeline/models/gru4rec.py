@@ -83,6 +83,12 @@ from recsys_pipeline.models.params import (
     format_param_string,
     parse_param_string,
 )
+from recsys_pipeline.models.persistence import (
+    load_fine_tune_state,
+    read_ids,
+    save_fine_tune_state,
+    write_ids,
+)
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.optim import ADAPT_METHODS, IndexedAdagradM, clip_grad_norm
 from recsys_pipeline.training.sampler import NegativeSampler
@@ -1296,20 +1302,13 @@ class GRU4Rec:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), directory / "weights.pt")
         (directory / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
-        ids = self.item_ids
-        dtype = ids.dtype.str if ids.dtype.kind in "iub" else "str"
-        (directory / "item_ids.json").write_text(
-            json.dumps(
-                {"dtype": dtype, "ids": [x if dtype != "str" else str(x) for x in ids.tolist()]}
-            )
-        )
+        write_ids(directory / "item_ids.json", self.item_ids)
         (directory / "history.json").write_text(
             json.dumps([s.to_dict() for s in self.history], indent=2)
         )
-        if optimizer and self._optimizer is not None:
-            torch.save(self.optimizer_state_dict(), directory / "optimizer.pt")
-        if self.fine_tune_rounds:
-            (directory / "fine_tune.json").write_text(json.dumps(self.fine_tune_rounds, indent=2))
+        keep = optimizer and self._optimizer is not None
+        state = self.optimizer_state_dict() if keep else None
+        save_fine_tune_state(directory, state, self.fine_tune_rounds)
         return directory
 
     @classmethod
@@ -1321,8 +1320,7 @@ class GRU4Rec:
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)
-        stored = json.loads((directory / "item_ids.json").read_text())
-        model.item_ids = np.asarray(stored["ids"], dtype=stored["dtype"])
+        model.item_ids = read_ids(directory / "item_ids.json")
         net = GRU4RecNetwork(len(model.item_ids), params)
         state_dict = torch.load(
             directory / "weights.pt", map_location=model.device, weights_only=True
@@ -1335,14 +1333,10 @@ class GRU4Rec:
                 EpochStats(**{k: v for k, v in s.items() if k in EpochStats.__dataclass_fields__})
                 for s in json.loads(history.read_text())
             ]
-        optimizer = directory / "optimizer.pt"
-        if optimizer.exists():
+        state, model.fine_tune_rounds = load_fine_tune_state(directory, model.device)
+        if state is not None:
             model._optimizer = model._new_optimizer(params.learning_rate)
-            state = torch.load(optimizer, map_location=model.device, weights_only=True)
             _load_optimizer_state(net, model._optimizer, state)
-        rounds = directory / "fine_tune.json"
-        if rounds.exists():
-            model.fine_tune_rounds = json.loads(rounds.read_text())
         return model
 
     def optimizer_state_dict(self) -> dict[str, torch.Tensor]:

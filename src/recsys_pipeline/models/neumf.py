@@ -59,6 +59,12 @@ from recsys_pipeline.models.params import (
     format_param_string,
     parse_param_string,
 )
+from recsys_pipeline.models.persistence import (
+    load_fine_tune_state,
+    read_ids,
+    save_fine_tune_state,
+    write_ids,
+)
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.interactions import (
     NEGATIVE_MODES,
@@ -679,18 +685,15 @@ class NeuMF:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), directory / "weights.pt")
         (directory / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
-        for name, ids in (("user_ids", self.user_ids), ("item_ids", self.item_ids)):
-            dtype = ids.dtype.str if ids.dtype.kind in "iub" else "str"
-            values = ids.tolist() if dtype != "str" else [str(x) for x in ids.tolist()]
-            (directory / f"{name}.json").write_text(json.dumps({"dtype": dtype, "ids": values}))
+        write_ids(directory / "user_ids.json", self.user_ids)
+        write_ids(directory / "item_ids.json", self.item_ids)
         (directory / "history.json").write_text(json.dumps(self.history, indent=2))
         np.savez(
             directory / "train_items.npz", indptr=self.train_indptr, indices=self.train_indices
         )
-        if optimizer and self._optimizer is not None:
-            torch.save(self.optimizer_state_dict(), directory / "optimizer.pt")
-        if self.fine_tune_rounds:
-            (directory / "fine_tune.json").write_text(json.dumps(self.fine_tune_rounds, indent=2))
+        keep = optimizer and self._optimizer is not None
+        state = self.optimizer_state_dict() if keep else None
+        save_fine_tune_state(directory, state, self.fine_tune_rounds)
         return directory
 
     @classmethod
@@ -702,9 +705,8 @@ class NeuMF:
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)
-        for name in ("user_ids", "item_ids"):
-            stored = json.loads((directory / f"{name}.json").read_text())
-            setattr(model, name, np.asarray(stored["ids"], dtype=stored["dtype"]))
+        model.user_ids = read_ids(directory / "user_ids.json")
+        model.item_ids = read_ids(directory / "item_ids.json")
         net = NeuMFNetwork(model.n_users, model.n_items, params)
         state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
         net.load_state_dict(state)
@@ -714,14 +716,10 @@ class NeuMF:
         history = directory / "history.json"
         if history.exists():
             model.history = json.loads(history.read_text())
-        optimizer = directory / "optimizer.pt"
-        if optimizer.exists():
+        state, model.fine_tune_rounds = load_fine_tune_state(directory, model.device)
+        if state is not None:
             model._optimizer = model._new_optimizer(params.learning_rate)
-            state = torch.load(optimizer, map_location=model.device, weights_only=True)
             _load_optimizer_state(model.net, model._optimizer, state)
-        rounds = directory / "fine_tune.json"
-        if rounds.exists():
-            model.fine_tune_rounds = json.loads(rounds.read_text())
         return model
 
     def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
