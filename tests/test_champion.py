@@ -19,7 +19,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-import torch
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -42,12 +41,7 @@ NAME = "champion_test_model"
 LOG_KWARGS = {"include_code": False, "torch_threads": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

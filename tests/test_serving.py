@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -40,12 +39,7 @@ MAX_BATCH = 50
 REGISTERED = "gru4rec_recommender_test"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

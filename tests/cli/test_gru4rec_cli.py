@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from recsys_pipeline.cli.gru4rec import main, parameters_from_file, read_event_file
 from recsys_pipeline.models.gru4rec import GRU4RecParams
@@ -26,13 +25,7 @@ CUTOFFS = ["1", "5", "10", "20"]
 RESULT = re.compile(r"^Recall@(\d+): (\d\.\d{6}) MRR@(\d+): (\d\.\d{6})$")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads (and the results stay bit-identical)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(autouse=True)

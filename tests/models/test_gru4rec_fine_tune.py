@@ -34,12 +34,7 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def old_frame(seed: int = 1, n_sessions: int = 300) -> pl.DataFrame:

@@ -11,13 +11,7 @@ from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopu
 from recsys_pipeline.evaluation.user_ranking import full_ranking, sampled_ranking
 from recsys_pipeline.models.neumf import NeuMF, NeuMFNetwork, NeuMFParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make_ncf_data(

@@ -11,13 +11,7 @@ import torch
 
 from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 N_USERS, N_ITEMS, N_OLD_USERS, N_OLD_ITEMS = 110, 130, 80, 95

@@ -17,13 +17,7 @@ from recsys_pipeline.training.interactions import (
     sample_negatives,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _data(n_users: int = 30, n_items: int = 12, per_user: int = 8) -> UserItemData:

@@ -21,15 +21,7 @@ from recsys_pipeline.training.session_iterator import (
 )
 from recsys_pipeline.training.trainer import run_epoch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine spinning
-    OpenMP workers only steal time from the main thread (steps became 100x slower)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ------------------------------------------------------------------------------------- device
