@@ -12,7 +12,7 @@ reference protocol but item support >= 2 (7 + 7 days: train_full 4,454 events / 
 Ours, mean of 3 seeds, must be within two reference standard deviations or 5 % relative of each
 reference mean, whichever is wider, on R@20 and MRR@20, for both losses. This script trains both
 losses for every seed, prints the per-seed table and the means against the reference, and the
-command line (``python -m recsys_pipeline.gru4rec_cli``) that reproduces one run from TSV files it
+command line (``python -m recsys_pipeline.commands.gru4rec``) that reproduces one run from TSV files it
 writes under ``--out-dir``. ``tests/test_reproduction.py`` (marked slow) imports it and asserts the
 tolerance.
 
@@ -244,11 +244,11 @@ def write_tsv_split(train: pl.DataFrame, test: pl.DataFrame, out_dir: Path) -> t
 
 
 def cli_command(loss: str, seed: int, train_tsv: Path, test_tsv: Path, device: str) -> list[str]:
-    """The ``python -m recsys_pipeline.gru4rec_cli`` command that reproduces one run."""
+    """The ``python -m recsys_pipeline.commands.gru4rec`` command that reproduces one run."""
     return [
         sys.executable,
         "-m",
-        "recsys_pipeline.gru4rec_cli",
+        "recsys_pipeline.commands.gru4rec",
         str(train_tsv),
         "-ps",
         param_string(loss),

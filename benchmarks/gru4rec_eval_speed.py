@@ -1,19 +1,36 @@
-"""GRU4Rec evaluation throughput on the CPU: full-ranking ``evaluate`` targets/s.
+"""GRU4Rec evaluation throughput on the CPU (full ranking), side by side with the official code.
 
 A GRU4Rec with ``layers=512`` (the training benchmark's configuration, weights from the reference
 initialisation: evaluation cost does not depend on the weights) is evaluated with
 ``recsys_pipeline.evaluation.evaluate`` (every target ranked against all items, tie mode
 ``standard`` unless ``--mode``), on synthetic test sessions (``generate_events`` with another seed
-than the training events) for a ~3k and a ~40k item catalog.
+than the training events) for a ~3k and a ~40k item catalog. Train and test events are written
+once as ``SessionId, ItemId, Time`` TSV files that every leg reads.
 
-Every measurement runs in a fresh subprocess (``--run-child``) so that its peak RSS and thread
-setting are its own. Reported per run: targets/s as ``evaluate`` reports it (preparation
-included), targets/s of the ranking loop alone (``evaluate``'s wall time minus its preparation
-of the test streams), effective GFLOP/s of the loop (per target ``2 * 3H(E + H)`` per GRU layer
-+ ``2 H n_items`` for the scores), peak RSS and the 1-minute load average before and after.
+Every measurement runs in a fresh subprocess so that its peak RSS and thread setting are its own;
+the legs are interleaved over ``--repeat`` rounds. Legs:
 
-``--baseline`` also measures the package at git revision ``--baseline-ref`` (extracted read-only
-with ``git archive``), interleaved with the current one.
+* **ours** (``current``, ``--run-child``): targets/s as ``evaluate`` reports it (preparation
+  included), targets/s of the ranking loop alone (``evaluate``'s wall time minus its preparation
+  of the test streams), effective GFLOP/s of the loop (per target ``2 * 3H(E + H)`` per GRU layer
+  + ``2 H n_items`` for the scores);
+* **official**: hidasib/GRU4Rec_PyTorch_Official's ``evaluation.batch_eval`` (same tie mode, same
+  number of parallel sessions, ``--batch-size``), run by the shared driver
+  ``drive_gru4rec_official.py`` after ``fit`` with ``n_epochs=0`` (initialised weights), with
+  the same thread count. targets/s = the driver's ``eval_targets_per_s`` (its timer covers
+  building the test iterator and the ranking loop, not reading the file). Options and
+  environment variables as in ``gru4rec_train_speed.py`` (``--official-src`` /
+  ``GRU4REC_OFFICIAL_SRC``, ``--official-python`` / ``GRU4REC_OFFICIAL_PYTHON``,
+  ``--official-driver``); when they are missing the leg is skipped with one line saying why and
+  no ratio to it is printed;
+* **baseline** (``--baseline``): the package at git revision ``--baseline-ref`` (extracted
+  read-only with ``git archive``).
+
+Printed per run also: the number of targets (both legs should agree), Recall@20 (of untrained
+weights, which the two implementations initialise from different random streams: not a check),
+peak RSS (the official's includes its training set-up: data, sample store) and the 1-minute load
+average before and after. The summary gives medians over the runs and the ratio ours / official of targets/s,
+from the runs of this invocation only.
 
 Examples::
 
@@ -28,37 +45,23 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT / "benchmarks" / "data"
+from gru4rec_train_speed import (
+    ROOT,
+    add_official_options,
+    extract_baseline,
+    official_unavailable,
+    run_official,
+    run_process,
+    synthetic_tsv,
+)
+
 BASELINE_REF = "a11f510"
-
-
-def make_data(n_events: int, n_items: int, seed: int, tag: str) -> Path:
-    """Synthetic events as parquet (``SessionId, ItemId, Time``), cached under benchmarks/data."""
-    path = DATA_DIR / f"gru4rec_{tag}_{n_events}_{n_items}_{seed}.parquet"
-    if path.exists():
-        return path
-    from recsys_pipeline.synthetic import SyntheticConfig, generate_events
-
-    events, _ = generate_events(
-        SyntheticConfig(
-            n_events=n_events, n_items=n_items, n_users=max(1, n_events // 10), seed=seed
-        )
-    )
-    frame = events.select(
-        events["session"].alias("SessionId"),
-        events["item"].alias("ItemId"),
-        events["ts_ms"].alias("Time"),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(path)
-    return path
+EVAL_PARAMS = {"loss": "cross-entropy", "layers": "512", "batch_size": "128", "n_epochs": "0"}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -69,11 +72,10 @@ def run_child(args: argparse.Namespace) -> None:
     from recsys_pipeline.evaluation import evaluate, prepare_streams
     from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
 
-    train = pl.read_parquet(args.train)
-    test = pl.read_parquet(args.test)
-    params = GRU4RecParams.from_string(
-        f"loss=cross-entropy,layers=512,batch_size=128,n_epochs=0,device=cpu,seed={args.seed}"
-    )
+    train = pl.read_csv(args.train, separator="\t")
+    test = pl.read_csv(args.test, separator="\t")
+    text = ",".join(f"{k}={v}" for k, v in EVAL_PARAMS.items())
+    params = GRU4RecParams.from_string(f"{text},device=cpu,seed={args.seed}")
     model = GRU4Rec(params).fit(train, progress=False)  # n_epochs=0: initialised weights
     t0 = time.perf_counter()
     prepare_streams(model.item_ids, test)
@@ -87,7 +89,6 @@ def run_child(args: argparse.Namespace) -> None:
     size = params.layers[-1]
     flop_per_target = 2 * 3 * size * (size + size) + 2 * size * model.n_items
     out = {
-        "impl": args.impl,
         "threads": torch.get_num_threads(),
         "n_items": model.n_items,
         "n_targets": n_targets,
@@ -102,46 +103,54 @@ def run_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def extract_baseline(ref: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "src"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
-
-
-def measure(args: argparse.Namespace, train: Path, test: Path, threads: int, impl: str,
-            src: Path | None) -> dict:  # fmt: skip
-    cmd = [
-        sys.executable, __file__, "--run-child", "--train", str(train), "--test", str(test),
-        "--threads", str(threads), "--seed", str(args.seed), "--mode", args.mode,
-        "--batch-size", str(args.batch_size), "--impl", impl,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+def measure(
+    args: argparse.Namespace, train: Path, test: Path, threads: int, impl: str, src: Path | None,
+    work: Path,
+) -> dict:  # fmt: skip
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryFile(mode="w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.seek(0)
-        text = out.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"child failed:\n{text}")
-    line = next(x for x in text.splitlines() if x.startswith("RESULT "))
-    result = json.loads(line[len("RESULT ") :])
-    result["load_before"], result["load_after"] = load_before, os.getloadavg()[0]
-    result["peak_rss_gib"] = usage.ru_maxrss * 1024 / 2**30
+    if impl == "official":
+        rec, rss = run_official(
+            args, EVAL_PARAMS, train=train, test=test, threads=threads, cutoffs="1,5,10,20",
+            eval_batch=args.batch_size, eval_mode=args.mode, work=work,
+        )  # fmt: skip
+        result = {
+            "threads": rec["torch_threads"],
+            "n_items": rec["train_items"],
+            "n_targets": rec["eval_targets"],
+            "seconds": rec["eval_s"],
+            "targets_s": rec["eval_targets"] / rec["eval_s"],
+            "recall@20": rec["recall"]["20"],
+            "mrr@20": rec["mrr"]["20"],
+            "eval_batch": rec["eval_batch"],
+            "peak_rss_gib": rss,
+        }
+    else:
+        assert src is not None
+        cmd = [
+            sys.executable, __file__, "--run-child", "--train", str(train), "--test", str(test),
+            "--threads", str(threads), "--seed", str(args.seed), "--mode", args.mode,
+            "--batch-size", str(args.batch_size),
+        ]  # fmt: skip
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+        text, rss = run_process(cmd, env, ROOT)
+        line = next(x for x in text.splitlines() if x.startswith("RESULT "))
+        result = json.loads(line[len("RESULT ") :])
+        result["peak_rss_gib"] = rss
+    result.update(impl=impl, load_before=load_before, load_after=os.getloadavg()[0])
     return result
 
 
 def describe(r: dict) -> str:
+    loop = (
+        f" (loop {r['loop_targets_s']:8.0f}, {r['loop_gflops']:6.1f} GFLOP/s)"
+        if "loop_targets_s" in r
+        else ""
+    )
+    prep = f" (prep {r['prepare_s']:.2f})" if "prepare_s" in r else ""
     return (
         f"{r['n_items']:>6} items {r['impl']:>8} t={r['threads']} | {r['n_targets']} targets | "
-        f"{r['targets_s']:8.0f} targets/s (loop {r['loop_targets_s']:8.0f}, "
-        f"{r['loop_gflops']:6.1f} GFLOP/s) | {r['seconds']:.2f} s (prep {r['prepare_s']:.2f}) | "
+        f"{r['targets_s']:8.0f} targets/s{loop} | {r['seconds']:.2f} s{prep} | "
         f"peak RSS {r['peak_rss_gib']:.3f} GiB | recall@20 {r['recall@20']:.4f} | "
         f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
     )
@@ -161,51 +170,77 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--baseline-ref", default=BASELINE_REF)
+    parser.add_argument("--no-official", action="store_true", help="skip the official leg")
+    add_official_options(parser)
     parser.add_argument("--run-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--train", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--test", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--impl", default="current", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_child:
         args.threads = int(args.threads)
         run_child(args)
         return
 
+    skip_official = "--no-official" if args.no_official else official_unavailable(args)
+    if skip_official is None and args.mode not in ("standard", "conservative", "median"):
+        skip_official = f"it has no tie mode {args.mode!r}"
+    if skip_official:
+        print(f"official GRU4Rec: skipped ({skip_official}); no ratio to it is printed")
     catalogs = [int(x) for x in args.items.split(",")]
     thread_counts = [int(x) for x in args.threads.split(",")]
     data = {}
     for n_items in catalogs:
         n_train = args.train_events or max(100_000, 30 * n_items)
         data[n_items] = (
-            make_data(n_train, n_items, args.seed, "synth"),
-            make_data(args.test_events, n_items, args.seed + 1000, "test"),
+            synthetic_tsv(n_train, n_items, args.seed, "synth"),
+            synthetic_tsv(args.test_events, n_items, args.seed + 1000, "test"),
         )
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="gru4rec_eval_speed_") as tmp:
+        work = Path(tmp)
         impls: list[tuple[str, Path | None]] = [("current", ROOT / "src")]
         if args.baseline:
-            impls.insert(0, ("baseline", extract_baseline(args.baseline_ref, Path(tmp))))
+            base = work / "baseline"
+            base.mkdir()
+            impls.insert(0, ("baseline", extract_baseline(args.baseline_ref, base)))
+        if not skip_official:
+            impls.append(("official", None))
         for repeat in range(args.repeat):
             for n_items, (train, test) in data.items():
                 for threads in thread_counts:
                     for impl, src in impls:
-                        r = measure(args, train, test, threads, impl, src)
+                        r = measure(args, train, test, threads, impl, src, work)
                         r["repeat"] = repeat
                         results.append(r)
                         print(describe(r), flush=True)
-    print("summary (median over repeats):")
-    keys = sorted({(r["n_items"], r["impl"], r["threads"]) for r in results})
-    for key in keys:
-        runs = [r for r in results if (r["n_items"], r["impl"], r["threads"]) == key]
-        med = statistics.median(r["targets_s"] for r in runs)
-        loop = statistics.median(r["loop_targets_s"] for r in runs)
+    print("summary (median over the runs of this invocation):")
+    medians: dict[tuple, float] = {}
+    for key in dict.fromkeys((r["n_items"], r["threads"], r["impl"]) for r in results):
+        runs = [r for r in results if (r["n_items"], r["threads"], r["impl"]) == key]
+        medians[key] = statistics.median(r["targets_s"] for r in runs)
+        loop = ""
+        if "loop_targets_s" in runs[0]:
+            loop = f" (loop {statistics.median(r['loop_targets_s'] for r in runs):8.0f})"
         print(
-            f"  {key[0]:>6} items {key[1]:>8} t={key[2]}: {med:8.0f} targets/s "
-            f"(loop {loop:8.0f}), {len(runs)} run(s)"
+            f"  {key[0]:>6} items {key[2]:>8} t={key[1]}: {medians[key]:8.0f} targets/s{loop}, "
+            f"{len(runs)} run(s)"
         )
+    ratios = []
+    for (n_items, threads, impl), value in medians.items():
+        official = medians.get((n_items, threads, "official"))
+        if impl != "official" and official:
+            ratios.append(
+                f"  {n_items:>6} items t={threads}: {impl} / official targets/s = "
+                f"{value / official:.2f}x ({value:.0f} / {official:.0f})"
+            )
+    if ratios:
+        print("speed ratios (measured side by side in this invocation):")
+        print("\n".join(ratios))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"runs": results, "argv": sys.argv[1:]}, indent=2))
+        args.json.write_text(
+            json.dumps({"runs": results, "ratios": ratios, "argv": sys.argv[1:]}, indent=2)
+        )
 
 
 if __name__ == "__main__":

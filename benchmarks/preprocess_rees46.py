@@ -1,7 +1,7 @@
 """Speed / memory benchmark of the Rees46 preprocessing, ours (polars) against plain pandas.
 
 1. Generates (or reuses) a synthetic raw folder in the Rees46 format (``2019-Oct.csv``,
-   ``2019-Nov.csv``) with ``recsys_pipeline.synthetic.write_raw``.
+   ``2019-Nov.csv``) with ``recsys_pipeline.synthetic.sessions.write_raw``.
 2. Runs OUR preprocessing (``read_events`` + ``run_protocol`` + the five parquet outputs) and the
    pandas baseline (``benchmarks/pandas_baseline.py``), each in a fresh subprocess; wall seconds
    are measured around the subprocess, peak RSS is the child's own ``ru_maxrss`` (``os.wait4``).
@@ -84,7 +84,7 @@ def ensure_data(args: argparse.Namespace) -> dict:
         meta["generated"] = False
         return meta
 
-    from recsys_pipeline.synthetic import SyntheticConfig, write_raw
+    from recsys_pipeline.synthetic.sessions import SyntheticConfig, write_raw
 
     n_items = args.n_items or max(args.rows // 100, 100)
     n_users = args.n_users or max(args.rows // 10, 100)

@@ -1,9 +1,9 @@
 """Day-by-day replay (Transformers4Rec's protocol) on a synthetic event log.
 
-A seeded synthetic log (``recsys_pipeline.synthetic.generate_events``, views only) over
-``--days`` days is cut into days (:func:`recsys_pipeline.replay.split_days`, sessions whole on
+A seeded synthetic log (``recsys_pipeline.synthetic.sessions.generate_events``, views only) over
+``--days`` days is cut into days (:func:`recsys_pipeline.operations.replay.split_days`, sessions whole on
 the day of their first event). GRU4Rec is trained on day 1, evaluated on day 2, fine-tuned on
-day 2, evaluated on day 3, ... (:func:`recsys_pipeline.replay.replay`); MostPopular and
+day 2, evaluated on day 3, ... (:func:`recsys_pipeline.operations.replay.replay`); MostPopular and
 LastItemCooccurrence, refitted on all days before each evaluated day, are the baselines.
 ``--mode retrain_growing`` / ``retrain_sliding`` retrains GRU4Rec from scratch instead.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys_pipeline.replay import MODES, plot_replay, replay, split_days
-from recsys_pipeline.synthetic import SyntheticConfig, generate_events
+from recsys_pipeline.operations.replay import MODES, plot_replay, replay, split_days
+from recsys_pipeline.synthetic.sessions import SyntheticConfig, generate_events
 
 
 def main() -> None:
@@ -86,6 +86,7 @@ def main() -> None:
     result = replay(
         days,
         params,
+        model="gru4rec",
         mode=args.mode,
         fine_tune_epochs=args.fine_tune_epochs,
         optimizer_state=args.optimizer_state,

@@ -2,7 +2,7 @@
 
 A GRU4Rec (``--layers``, default 128, on ``--items`` items, default 3,000) is trained for one
 epoch on generated successor sessions (item ``i`` mostly followed by ``i + 1``; the weights do not
-change the cost of a request), logged with :func:`recsys_pipeline.serving.log_pyfunc_model` to a
+change the cost of a request), logged with :func:`recsys_pipeline.serving.pyfunc.log_pyfunc_model` to a
 temporary sqlite tracking store, and served with::
 
     mlflow models serve -m runs:/<run_id>/recommender --env-manager local \\
@@ -12,7 +12,7 @@ Then ``POST /invocations`` (``dataframe_records`` + ``params``) is timed, one pe
 connection per client, for single-session and batched requests (``--batch`` sessions), with one
 client (sequential) and with ``--clients`` concurrent clients (threads). Sessions are random runs
 of 1-10 known item ids. Reported per scenario: latency p50/p99 (ms), requests/s and sessions/s,
-plus the in-process :func:`~recsys_pipeline.recommend.recommend` time of the same requests (the
+plus the in-process :func:`~recsys_pipeline.serving.recommend.recommend` time of the same requests (the
 model's share of the latency).
 
 Examples::
@@ -45,8 +45,8 @@ import polars as pl
 import torch
 
 from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
-from recsys_pipeline.recommend import recommend
-from recsys_pipeline.serving import log_pyfunc_model
+from recsys_pipeline.serving.pyfunc import log_pyfunc_model
+from recsys_pipeline.serving.recommend import recommend
 
 ROOT = Path(__file__).resolve().parents[1]
 

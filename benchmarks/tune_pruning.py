@@ -27,8 +27,8 @@ from recsys_pipeline.models.gru4rec import GRU4RecParams
 from recsys_pipeline.tuning import (
     Metric,
     StudySettings,
-    gru4rec_objective,
     load_space,
+    model_objective,
     open_study,
     optimize,
 )
@@ -56,7 +56,7 @@ def run(pruner: str, args: argparse.Namespace, train, valid, base, specs) -> dic
         n_startup_trials=4,
     )
     study = open_study(settings, {"pruner": pruner})
-    objective = gru4rec_objective(train, valid, base, specs, Metric("mrr", 20))
+    objective = model_objective("gru4rec", train, valid, base, specs, Metric("mrr", 20))
     started = time.perf_counter()
     optimize(study, objective, args.trials)
     seconds = time.perf_counter() - started

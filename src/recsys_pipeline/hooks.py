@@ -8,7 +8,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from recsys_pipeline.ingest import RunLock
+from recsys_pipeline.operations.ingest import RunLock
 
 logger = logging.getLogger(__name__)
 

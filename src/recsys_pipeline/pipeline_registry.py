@@ -14,13 +14,14 @@ from kedro.pipeline import Pipeline
 def register_pipelines() -> dict[str, Pipeline]:
     """Discovered pipelines plus ``__default__``.
 
-    The default: synthetic data -> preprocess -> validate -> GRU4Rec (and baselines) on it.
+    The default: synthetic data -> preprocess -> validate -> GRU4Rec (and baselines) on it
+    (the training template's namespace ``synthetic.gru4rec``).
     """
     pipelines = find_pipelines(raise_errors=True)
-    if {"synthetic", "preprocess_synthetic", "train_gru4rec"} <= pipelines.keys():
+    if {"synthetic", "preprocess_synthetic", "train"} <= pipelines.keys():
         pipelines["__default__"] = (
             pipelines["synthetic"]
             + pipelines["preprocess_synthetic"]
-            + pipelines["train_gru4rec"].only_nodes_with_namespaces(["synthetic"])
+            + pipelines["train"].only_nodes_with_namespaces(["synthetic.gru4rec"])
         )
     return pipelines

@@ -14,7 +14,7 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 
 from recsys_pipeline.hooks import RetrainLockHook  # noqa: E402
-from recsys_pipeline.session_store import UniqueSessionStore  # noqa: E402
+from recsys_pipeline.kedro_ext.session_store import UniqueSessionStore  # noqa: E402
 
 HOOKS = (RetrainLockHook(),)
 # Session ids (the save version of every versioned dataset) unique among runs of the project,

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from recsys_pipeline.datasets import RawDataError, read_events, read_ratings
-from recsys_pipeline.synthetic_ratings import RatingsConfig, generate_ratings, write_ratings
+from recsys_pipeline.synthetic.ratings import RatingsConfig, generate_ratings, write_ratings
 
 CONFIG = RatingsConfig(n_users=60, n_items=80, n_ratings=1_500, seed=2)
 LAYOUTS = {

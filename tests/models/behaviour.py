@@ -30,7 +30,7 @@ import torch
 
 from recsys_pipeline.evaluation import evaluate
 from recsys_pipeline.models.base import NextItemModel
-from recsys_pipeline.recommend import recommend
+from recsys_pipeline.serving.recommend import recommend
 
 
 def successor_sessions(

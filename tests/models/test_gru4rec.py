@@ -1,6 +1,7 @@
-"""GRU4Rec: losses on hand-computed examples, parameters, network semantics, training step
-against a dense-autograd reference, state handling, dropout, persistence, determinism, NaN guard,
-and the shared NextItemModel behaviour (learning a deterministic successor sequence)."""
+"""GRU4Rec: parameters, network semantics, training step against a dense-autograd reference,
+state handling, dropout, persistence, determinism, NaN guard, and the shared NextItemModel
+behaviour (learning a deterministic successor sequence). The losses themselves are tested in
+tests/training/test_losses.py."""
 
 from __future__ import annotations
 
@@ -21,152 +22,13 @@ from recsys_pipeline.models.gru4rec import (
     GRU4RecNetwork,
     GRU4RecParams,
     GRULayer,
-    bpr_loss,
-    bpr_max_loss,
-    cross_entropy_loss,
-    logq_correction,
     make_activation,
-    top1_loss,
-    top1_max_loss,
-    xe_logit_loss,
 )
 from recsys_pipeline.training.optim import IndexedAdagradM
 from recsys_pipeline.training.session_iterator import SessionBatch
 from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-# --------------------------------------------------------------------------- hand-made losses
-# Row i's target is column i; here B = 2 rows, N = 4 columns (2 targets + 2 samples).
-R = [[1.0, 0.5, -0.5, 2.0], [0.2, -1.0, 0.3, 0.0]]
-SCORES = torch.tensor(R, dtype=torch.float64)
-
-
-def sig(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def negatives(i: int) -> list[int]:
-    return [j for j in range(len(R[i])) if j != i]
-
-
-def ref_cross_entropy(rows: list[list[float]], batch_size: int) -> float:
-    return sum(-math.log(math.exp(r[i]) / sum(map(math.exp, r))) for i, r in enumerate(rows)) / (
-        batch_size
-    )
-
-
-def ref_bpr_max(rows: list[list[float]], batch_size: int, bpreg: float) -> float:
-    total = 0.0
-    for i, r in enumerate(rows):
-        neg = [j for j in range(len(r)) if j != i]
-        z = sum(math.exp(r[j]) for j in neg)
-        s = {j: math.exp(r[j]) / z for j in neg}
-        total += -math.log(sum(s[j] * sig(r[i] - r[j]) for j in neg) + 1e-24)
-        total += bpreg * sum(s[j] * r[j] ** 2 for j in neg)
-    return total / batch_size
-
-
-def test_cross_entropy_tiny_literal() -> None:
-    # softmax([0, ln 3]) = [1/4, 3/4]: loss = -ln(1/4) = ln 4
-    scores = torch.tensor([[0.0, math.log(3.0)]])
-    assert float(cross_entropy_loss(scores, 1)) == pytest.approx(math.log(4.0), rel=1e-6)
-
-
-def test_cross_entropy_softmax_once_summed_over_rows() -> None:
-    assert float(cross_entropy_loss(SCORES, 2)) == pytest.approx(ref_cross_entropy(R, 2))
-    # sum, not mean: divided by the nominal batch size even when fewer rows are present
-    assert float(cross_entropy_loss(SCORES, 8)) == pytest.approx(ref_cross_entropy(R, 8))
-    doubled = torch.cat([SCORES, SCORES])  # (the target columns stay the first two)
-    assert float(cross_entropy_loss(SCORES[:1], 2)) == pytest.approx(
-        -math.log(math.exp(1.0) / sum(map(math.exp, R[0]))) / 2
-    )
-    assert doubled.shape == (4, 4)
-
-
-def test_xe_logit_equals_cross_entropy() -> None:
-    assert float(xe_logit_loss(SCORES, 2)) == pytest.approx(ref_cross_entropy(R, 2))
-
-
-def test_logq_correction_adjusts_the_right_columns() -> None:
-    log_support = torch.log(torch.tensor([10.0, 100.0, 5.0, 1000.0], dtype=torch.float64))
-    targets, samples = torch.tensor([0, 1]), torch.tensor([2, 3])
-    corr = logq_correction(log_support, targets, samples, logq=1.0, sample_alpha=0.5)
-    expected = [math.log(10), math.log(100), 0.5 * math.log(5), 0.5 * math.log(1000)]
-    np.testing.assert_allclose(corr.numpy(), expected)
-    corr2 = logq_correction(log_support, targets, samples, logq=0.7, sample_alpha=0.5)
-    np.testing.assert_allclose(corr2.numpy(), np.array(expected) * 0.7)
-    shifted = [[r[j] - expected[j] for j in range(4)] for r in R]
-    assert float(cross_entropy_loss(SCORES, 2, corr)) == pytest.approx(
-        ref_cross_entropy(shifted, 2)
-    )
-    assert float(xe_logit_loss(SCORES, 2, corr)) == pytest.approx(ref_cross_entropy(shifted, 2))
-
-
-def test_bpr_max_literal_excludes_target_from_softmax() -> None:
-    # row [t=2, 0, ln 3]: negatives' softmax = [1/4, 3/4] (the target's e^2 is NOT included)
-    scores = torch.tensor([[2.0, 0.0, math.log(3.0)]], dtype=torch.float64)
-    expected = -math.log(0.25 * sig(2.0) + 0.75 * sig(2.0 - math.log(3.0)))
-    expected += 1.0 * (0.25 * 0.0 + 0.75 * math.log(3.0) ** 2)
-    assert float(bpr_max_loss(scores, 1, bpreg=1.0)) == pytest.approx(expected)
-    # a softmax including the positive would give another value
-    z = math.exp(2.0) + 1.0 + 3.0
-    wrong = -math.log((math.exp(2) * 0.5 + 1.0 * sig(2.0) + 3.0 * sig(2 - math.log(3))) / z)
-    assert float(bpr_max_loss(scores, 1, bpreg=0.0)) != pytest.approx(wrong)
-
-
-def test_bpr_max_sum_regulariser_and_batch_size() -> None:
-    assert float(bpr_max_loss(SCORES, 2, bpreg=1.5)) == pytest.approx(ref_bpr_max(R, 2, 1.5))
-    assert float(bpr_max_loss(SCORES, 5, bpreg=1.5)) == pytest.approx(ref_bpr_max(R, 5, 1.5))
-    # the regulariser is there and is exactly bpreg * sum_j s_j r_j^2 (summed over rows)
-    reg = float(bpr_max_loss(SCORES, 2, bpreg=1.0)) - float(bpr_max_loss(SCORES, 2, bpreg=0.0))
-    assert reg == pytest.approx(ref_bpr_max(R, 2, 1.0) - ref_bpr_max(R, 2, 0.0))
-    assert reg > 0
-
-
-def test_top1_max_hand_computed() -> None:
-    expected = 0.0
-    for i, r in enumerate(R):
-        neg = negatives(i)
-        z = sum(math.exp(r[j]) for j in neg)
-        expected += sum(math.exp(r[j]) / z * (sig(r[j] - r[i]) + sig(r[j] ** 2)) for j in neg)
-    assert float(top1_max_loss(SCORES, 2)) == pytest.approx(expected / 2)
-
-
-def test_top1_hand_computed_theano_definition() -> None:
-    expected = 0.0
-    for i, r in enumerate(R):
-        n = len(r)
-        expected += sum(sig(r[j] - r[i]) + sig(r[j] ** 2) for j in range(n)) / n
-        expected -= sig(r[i] ** 2) / n
-    assert float(top1_loss(SCORES, 2)) == pytest.approx(expected / 2)
-
-
-def test_bpr_hand_computed_theano_definition() -> None:
-    expected = sum(
-        sum(-math.log(sig(r[i] - r[j])) for j in range(len(r))) / len(r) for i, r in enumerate(R)
-    )
-    assert float(bpr_loss(SCORES, 2)) == pytest.approx(expected / 2)
-
-
-def test_losses_have_finite_gradients_at_extreme_scores() -> None:
-    scores = torch.tensor([[80.0, -80.0, 50.0], [-60.0, 90.0, 0.0]], requires_grad=True)
-    for fn in (
-        lambda s: cross_entropy_loss(s, 2),
-        lambda s: xe_logit_loss(s, 2),
-        lambda s: bpr_max_loss(F_elu(s), 2, 1.0),
-        lambda s: top1_max_loss(s, 2),
-        lambda s: bpr_loss(s, 2),
-    ):
-        scores.grad = None
-        loss = fn(scores)
-        loss.backward()
-        assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
-
-
-def F_elu(x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - mirrors torch.nn.functional.elu
-    return make_activation("elu-1")(x)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -536,7 +398,7 @@ def test_save_load_roundtrip_identical_scores(tmp_path) -> None:
     model.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
         "weights.pt",
-        "params.json",
+        "model.json",
         "item_ids.json",
         "history.json",
         "optimizer.pt",
@@ -625,25 +487,6 @@ def test_params_replace_overrides() -> None:
     model = GRU4Rec(GRU4RecParams(layers=[8]), batch_size=5, device="cpu")
     assert model.params.batch_size == 5 and model.params.layers == [8]
     assert dataclasses.replace(model.params, loss="bpr-max").loss == "bpr-max"
-
-
-@pytest.mark.parametrize("bpreg", [0.0, 1.3])
-def test_bpr_max_gradient_matches_autograd_of_the_formula(bpreg: float) -> None:
-    torch.manual_seed(2)
-    scores = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda s: bpr_max_loss(s, 3, bpreg), (scores,))
-    # and against plain autograd of the reference's formulation (mask multiply)
-    hm = 1.0 - torch.eye(4, 9, dtype=torch.float64)
-    e = torch.exp(scores * hm - (scores * hm).max(dim=1, keepdim=True).values) * hm
-    s = e / e.sum(dim=1, keepdim=True)
-    t = torch.diag(scores).unsqueeze(1)
-    ref = torch.sum(
-        -torch.log(torch.sum(torch.sigmoid(t - scores) * s, dim=1) + 1e-24)
-        + bpreg * torch.sum(scores**2 * s, dim=1)
-    )
-    (g_ref,) = torch.autograd.grad(ref / 3, scores)
-    (g_ours,) = torch.autograd.grad(bpr_max_loss(scores, 3, bpreg), scores)
-    torch.testing.assert_close(g_ours, g_ref)
 
 
 @pytest.mark.parametrize(

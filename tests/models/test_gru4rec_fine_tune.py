@@ -288,7 +288,7 @@ def test_save_load_round_trip_after_fine_tune(fitted: GRU4Rec, tmp_path) -> None
     model = copy.deepcopy(fitted).fine_tune(new_frame(), n_epochs=1, progress=False)
     model.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
-        "weights.pt", "params.json", "item_ids.json", "history.json", "optimizer.pt",
+        "weights.pt", "model.json", "item_ids.json", "history.json", "optimizer.pt",
         "fine_tune.json",
     }  # fmt: skip
     raw = torch.load(tmp_path / "m" / "optimizer.pt", weights_only=True)
@@ -319,7 +319,7 @@ def test_folder_without_optimizer_state_loads_and_fine_tunes_with_reset(tmp_path
     model.save(tmp_path / "old")
     (tmp_path / "old" / "optimizer.pt").unlink()
     assert {p.name for p in (tmp_path / "old").iterdir()} == {
-        "weights.pt", "params.json", "item_ids.json", "history.json"
+        "weights.pt", "model.json", "item_ids.json", "history.json"
     }  # fmt: skip
     loaded = GRU4Rec.load(tmp_path / "old")
     assert loaded.optimizer_state_dict() == {}

@@ -144,7 +144,7 @@ def test_nan_loss_raises(data: dict[str, pl.DataFrame]) -> None:
 def test_save_load_round_trip(trained: NeuMF, tmp_path) -> None:
     trained.save(tmp_path / "m")
     names = {p.name for p in (tmp_path / "m").iterdir()}
-    assert {"weights.pt", "params.json", "user_ids.json", "item_ids.json", "history.json"} <= names
+    assert {"weights.pt", "model.json", "user_ids.json", "item_ids.json", "history.json"} <= names
     loaded = NeuMF.load(tmp_path / "m")
     users = torch.arange(10)
     assert torch.equal(loaded.score_all(users), trained.score_all(users))

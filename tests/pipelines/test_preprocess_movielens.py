@@ -9,7 +9,7 @@ import pytest
 
 from recsys_pipeline.datasets.movielens import read_ratings
 from recsys_pipeline.preprocessing import ncf
-from recsys_pipeline.synthetic_ratings import RatingsConfig, write_ratings
+from recsys_pipeline.synthetic.ratings import RatingsConfig, write_ratings
 from tests.pipelines.conftest import catalog, run
 
 SMALL = RatingsConfig(n_users=250, n_items=300, n_ratings=10_000, seed=4)

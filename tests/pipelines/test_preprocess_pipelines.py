@@ -9,7 +9,7 @@ import pytest
 
 from recsys_pipeline.datasets import RawDataError, read_events
 from recsys_pipeline.preprocessing import ProtocolConfig, run_protocol
-from recsys_pipeline.synthetic import SyntheticConfig, write_raw
+from recsys_pipeline.synthetic.sessions import SyntheticConfig, write_raw
 from tests.pipelines.conftest import catalog, run
 
 SMALL = SyntheticConfig(n_events=30_000, n_items=400, n_users=3_000, seed=3)

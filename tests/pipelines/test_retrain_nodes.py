@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recsys_pipeline import ingest
+from recsys_pipeline.operations import ingest
 from recsys_pipeline.pipelines.retrain import nodes
 
 GRU = {"model": "gru4rec", "mode": "scratch_growing", "sliding_days": 2, "time_unit_seconds": 1}

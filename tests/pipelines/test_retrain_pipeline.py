@@ -14,8 +14,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from recsys_pipeline.ingest import RetrainLockedError, read_manifest
-from recsys_pipeline.synthetic import SyntheticConfig, write_raw
+from recsys_pipeline.operations.ingest import RetrainLockedError, read_manifest
+from recsys_pipeline.synthetic.sessions import SyntheticConfig, write_raw
 from tests.pipelines.conftest import catalog, run
 from tests.pipelines.test_train_gru4rec_pipeline import TINY
 
@@ -92,7 +92,7 @@ def test_a_second_run_at_the_same_time_is_refused(project: Path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from recsys_pipeline.ingest import RunLock\n"
+            "import sys, time; from recsys_pipeline.operations.ingest import RunLock\n"
             f"with RunLock({str(lock)!r}):\n    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -113,19 +113,21 @@ def test_a_second_run_at_the_same_time_is_refused(project: Path):
 NEUMF_RETRAIN = {
     "retrain": {"dataset": "movielens", "model": "neumf", "ratings_variant": "ml-100k"},
     "neumf": {
-        "factors": 8,
-        "layers": [16, 8],
-        "dropout": 0.0,
-        "n_epochs": 20,  # 2 epochs do not beat the popularity baseline on these ratings
-        "batch_size": 2048,
-        "device": "cpu",
-        "num_threads": 1,
+        "movielens": {
+            "factors": 8,
+            "layers": [16, 8],
+            "dropout": 0.0,
+            "n_epochs": 20,  # 2 epochs do not beat the popularity baseline on these ratings
+            "batch_size": 2048,
+            "device": "cpu",
+            "num_threads": 1,
+        }
     },
 }
 
 
 def _incoming_ratings(project: Path, start: int, seed: int) -> Path:
-    from recsys_pipeline.synthetic_ratings import RatingsConfig, write_ratings
+    from recsys_pipeline.synthetic.ratings import RatingsConfig, write_ratings
 
     folder = project / "data/01_raw/movielens/incoming"
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from recsys_pipeline import ingest
-from recsys_pipeline.pipelines.retrain.pending import NEW, NOTHING_NEW, main
+from recsys_pipeline.commands.pending import NEW, NOTHING_NEW, main
+from recsys_pipeline.operations import ingest
 from tests.pipelines.conftest import ROOT, catalog, run
 from tests.pipelines.test_retrain_pipeline import _incoming
 from tests.pipelines.test_train_gru4rec_pipeline import TINY
 
-TEMPLATE = ROOT / "src" / "recsys_pipeline" / "templates" / "airflow_retrain_dag.j2"
+TEMPLATE = ROOT / "src" / "recsys_pipeline" / "operations" / "templates" / "airflow_retrain_dag.j2"
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 

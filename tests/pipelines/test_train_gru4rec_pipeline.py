@@ -18,18 +18,18 @@ TINY = {
 def test_default_run_trains_evaluates_reports_and_recommends(project: Path):
     run(project, "__default__", session={"runtime_params": TINY})
     cat = catalog(project)
-    model = cat.load("synthetic.gru4rec_model")
+    model = cat.load("synthetic.gru4rec.model")
     assert model.n_items == cat.load("synthetic.train_full")["ItemId"].n_unique()
-    metrics = cat.load("synthetic.gru4rec_metrics")
+    metrics = cat.load("synthetic.gru4rec.metrics")
     assert set(metrics) == {"gru4rec", "most_popular", "last_item_cooccurrence"}
     for values in metrics.values():
         assert 0 <= values["mrr@20"] <= values["recall@20"] <= 1 and values["n_targets"] > 0
-    history = cat.load("synthetic.gru4rec_history")
+    history = cat.load("synthetic.gru4rec.history")
     assert len(history) == 1 and history[0]["loss"] > 0
     reports = project / "data" / "08_reporting" / "synthetic"
     assert list(reports.glob("gru4rec_loss_curve.png/*/gru4rec_loss_curve.png"))
     assert list(reports.glob("gru4rec_metrics.png/*/gru4rec_metrics.png"))
-    top = cat.load("synthetic.gru4rec_recommendations")
+    top = cat.load("synthetic.gru4rec.recommendations")
     assert top.columns == ["SessionId", "rank", "ItemId", "score"]
     per_session = top.group_by("SessionId").agg(
         pl.len(), pl.col("score").is_sorted(descending=True)
@@ -40,8 +40,8 @@ def test_default_run_trains_evaluates_reports_and_recommends(project: Path):
     assert sorted(p.name for p in folder.iterdir()) == [
         "history.json",
         "item_ids.json",
+        "model.json",
         "optimizer.pt",
-        "params.json",
         "weights.pt",
     ]
 
@@ -51,7 +51,7 @@ def test_default_run_gru4rec_clearly_beats_both_baselines(project: Path):
     """The default `kedro run` as shipped (full default parameters): GRU4Rec beats most-popular
     and last-item co-occurrence on every reported cut-off, by >= 10 % relative on R@20/MRR@20."""
     run(project, "__default__")
-    metrics = catalog(project).load("synthetic.gru4rec_metrics")
+    metrics = catalog(project).load("synthetic.gru4rec.metrics")
     gru, cooc, pop = (
         metrics[name] for name in ("gru4rec", "last_item_cooccurrence", "most_popular")
     )

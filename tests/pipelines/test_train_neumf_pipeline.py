@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from recsys_pipeline.synthetic_ratings import RatingsConfig, write_ratings
+from recsys_pipeline.synthetic.ratings import RatingsConfig, write_ratings
 from tests.pipelines.conftest import catalog, run
 
 ROOT = Path(__file__).resolve().parents[2]
 ML100K = ROOT / ".." / "shared" / "data" / "real" / "movielens_100k" / "u.data"
-TINY = {"neumf": {"factors": 8, "layers": [32, 16], "n_epochs": 2, "batch_size": 4096}}
+TINY = {
+    "neumf": {"movielens": {"factors": 8, "layers": [32, 16], "n_epochs": 2, "batch_size": 4096}}
+}
 
 
 def _check_outputs(project: Path) -> dict:
@@ -27,7 +29,7 @@ def _check_outputs(project: Path) -> dict:
     assert all("sampled100_hr@10" not in v for v in time.values())
     model = cat.load("movielens.neumf_ncf_model")
     assert model.n_items == cat.load("movielens.ncf_train")["ItemId"].n_unique()
-    assert len(cat.load("movielens.neumf_ncf_history")) == TINY["neumf"]["n_epochs"]
+    assert len(cat.load("movielens.neumf_ncf_history")) == TINY["neumf"]["movielens"]["n_epochs"]
     folder = next((project / "data/06_models/movielens/neumf_ncf").glob("*/neumf_ncf"))
     assert "weights.pt" in {p.name for p in folder.iterdir()}
     return {"ncf": ncf, "time": time}
@@ -40,7 +42,7 @@ def test_train_neumf_end_to_end(project: Path):
     run(project, "train_neumf", session={"runtime_params": TINY})
     _check_outputs(project)
     # with pretraining of the two branches, the NCF part only
-    pretrain = {"neumf": TINY["neumf"] | {"pretrain": True}}
+    pretrain = {"neumf": {"movielens": TINY["neumf"]["movielens"] | {"pretrain": True}}}
     run(project, "train_neumf", tags=["ncf"], session={"runtime_params": pretrain})
     assert len(catalog(project).load("movielens.neumf_ncf_history")) == 2
 
@@ -54,7 +56,7 @@ def test_neumf_beats_popularity_on_real_ml100k(project: Path):
     raw.mkdir(parents=True)
     shutil.copy(ML100K, raw / "u.data")  # into the test's scratch project only
     run(project, "preprocess_movielens")
-    params = {"neumf": {"n_epochs": 5, "num_threads": 1}}
+    params = {"neumf": {"movielens": {"n_epochs": 5, "num_threads": 1}}}
     run(project, "train_neumf", session={"runtime_params": params})
     metrics = catalog(project).load("movielens.neumf_ncf_metrics")
     neumf, pop = metrics["neumf"], metrics["popularity"]

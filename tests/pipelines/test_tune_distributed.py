@@ -38,7 +38,7 @@ def test_two_workers_share_one_postgres_study(project: Path):
         # the documented setup: the URL comes from conf/local/credentials.yml
         (project / "conf/local/catalog.yml").write_text(
             "tune.storage:\n"
-            "  type: recsys_pipeline.catalog_datasets.OptunaStorageDataset\n"
+            "  type: recsys_pipeline.kedro_ext.datasets.OptunaStorageDataset\n"
             "  credentials: optuna_storage\n"
         )
         (project / "conf/local/credentials.yml").write_text(f"optuna_storage:\n  url: {url}\n")

@@ -47,7 +47,7 @@ def test_tune_searches_reports_resumes_and_retrains(prepared: Path):
     best = cat.load("tune.best_params")
     assert best["trials"] == {"COMPLETE": 3} and best["trials_run_here"] == 3
     assert best["metric"] == "mrr@20" and 0 < best["value"] <= 1
-    assert best["gru4rec"]["layers"] == [best["params"]["layers"]]
+    assert best["model_params"]["layers"] == [best["params"]["layers"]]
     study = cat.load("tune.study")  # the versioned snapshot
     assert len(study.trials) == 3 and study.best_value == pytest.approx(best["value"])
     trials = cat.load("tune.trials")
@@ -58,11 +58,11 @@ def test_tune_searches_reports_resumes_and_retrains(prepared: Path):
         figure = json.loads(next(reports.glob(f"{name}.json/*/{name}.json")).read_text())
         assert figure["data"] or figure["layout"]["annotations"], name
     # the final retrain on train_full, evaluated on test like a normal training run
-    metrics = cat.load("tune.gru4rec_metrics")
+    metrics = cat.load("tune.metrics")
     assert set(metrics) == {"gru4rec", "most_popular", "last_item_cooccurrence"}
     assert {"recall@1", "recall@5", "recall@10", "recall@20"} <= set(metrics["gru4rec"])
     assert cat.load("tune.final_params")["learning_rate"] == best["params"]["learning_rate"]
-    model = cat.load("tune.gru4rec_model")
+    model = cat.load("tune.model")
     assert model.params.layers == [best["params"]["layers"]]
     # every trial is a nested MLflow run with per-epoch values
     # (kedro-mlflow keeps the first tracking URI of this test process: search where it logged)
@@ -102,7 +102,7 @@ def test_bad_settings_fail_before_any_training(prepared: Path):
     _runs_nothing(project, SpaceError, "unknown parameter 'layerz'", space=str(bad_space))
     (project / "conf/local/catalog.yml").write_text(
         "tune.storage:\n"
-        "  type: recsys_pipeline.catalog_datasets.OptunaStorageDataset\n"
+        "  type: recsys_pipeline.kedro_ext.datasets.OptunaStorageDataset\n"
         "  credentials: optuna_storage\n"
     )
     (project / "conf/local/credentials.yml").write_text(

@@ -10,7 +10,7 @@ import pytest
 
 from recsys_pipeline.datasets.movielens import read_ratings
 from recsys_pipeline.preprocessing import ncf
-from recsys_pipeline.synthetic_ratings import RatingsConfig, generate_ratings
+from recsys_pipeline.synthetic.ratings import RatingsConfig, generate_ratings
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 SMALL = RatingsConfig(n_users=300, n_items=400, n_ratings=12_000, seed=5)

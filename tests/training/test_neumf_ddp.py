@@ -39,7 +39,7 @@ def test_two_process_gloo_training(tmp_path) -> None:
     params = "factors=4,layers=8/4,batch_size=64,n_epochs=4,learning_rate=0.01,device=cpu"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", "-m", "recsys_pipeline.neumf_ddp",
+        f"--master_port={_free_port()}", "-m", "recsys_pipeline.commands.neumf_ddp",
         "--train", files["train"], "--out", str(out), "--params", params,
         "--rank-dump", str(dump),
     ]  # fmt: skip

@@ -11,11 +11,11 @@ import torch
 
 from recsys_pipeline.evaluation import evaluate
 from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
-from recsys_pipeline.synthetic import SyntheticConfig, generate_events
+from recsys_pipeline.synthetic.sessions import SyntheticConfig, generate_events
 from recsys_pipeline.tuning import (
     Metric,
     enqueue_defaults,
-    gru4rec_objective,
+    model_objective,
     parse_space,
     trial_params,
 )
@@ -71,7 +71,7 @@ def test_three_trials_are_at_least_as_good_as_the_defaults(splits):
     defaults = GRU4RecParams.from_dict(FIXED)
     queued = enqueue_defaults(study, SPACE, dataclasses.asdict(defaults))
     assert queued == {"layers": 100, "batch_size": 64, "learning_rate": 0.05, "momentum": 0.0}
-    objective = gru4rec_objective(train, valid, FIXED, SPACE, Metric("mrr", 20))
+    objective = model_objective("gru4rec", train, valid, FIXED, SPACE, Metric("mrr", 20))
     study.optimize(objective, n_trials=3)
     assert len(study.trials) == 3
     assert study.trials[0].value == pytest.approx(default_value, rel=1e-6)
@@ -88,7 +88,7 @@ def test_a_trial_is_pruned_on_the_reported_values(splits):
         direction="maximize",
         pruner=optuna.pruners.ThresholdPruner(lower=0.99),  # every trial falls below
     )
-    objective = gru4rec_objective(train, valid, FIXED, SPACE, Metric("recall", 20))
+    objective = model_objective("gru4rec", train, valid, FIXED, SPACE, Metric("recall", 20))
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED

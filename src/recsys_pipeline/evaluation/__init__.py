@@ -11,6 +11,7 @@ from recsys_pipeline.evaluation.evaluate import (
     evaluate,
     prepare_streams,
 )
+from recsys_pipeline.evaluation.last_item import LastItemResult, evaluate_last_item
 from recsys_pipeline.evaluation.metrics import (
     TIE_MODES,
     MetricAccumulator,
@@ -43,4 +44,6 @@ __all__ = [
     "prepare_streams",
     "rank_from_counts",
     "rank_of_targets",
+    "LastItemResult",
+    "evaluate_last_item",
 ]

@@ -46,7 +46,14 @@ from recsys_pipeline.training.interactions import _lookup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UserModel", "UserRankingResult", "full_ranking", "sampled_ranking"]
+__all__ = [
+    "UserModel",
+    "UserRankingResult",
+    "candidate_ranks",
+    "full_ranking",
+    "sampled_metric_names",
+    "sampled_ranking",
+]
 
 
 @runtime_checkable
@@ -90,6 +97,41 @@ class UserRankingResult(dict[str, float]):
             return f"sampled ranking (legacy NCF protocol), mode={self.mode}"
         excl = ", known items excluded" if self.excluded else ""
         return f"full ranking (user-based{excl}), mode={self.mode}"
+
+
+def candidate_ranks(
+    scores: torch.Tensor, mode: str = "standard", uniform: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rank ``[B]`` (float64, 1 = best) of column 0 (the target) among the ``C`` candidates of
+    every row of ``scores [B, C]`` (the legacy sampled protocols: target + ``C - 1`` negatives).
+
+    A ``-inf`` candidate (e.g. a negative the model does not know) never beats the target; a
+    target whose own score is NaN gets the worst rank ``C``. ``uniform [B]``: the per-row
+    numbers of ``mode="tiebreaking"``.
+    """
+    target_cols = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    h, e = count_higher_equal(scores, scores[:, 0], target_cols, mode != "standard")
+    ranks = rank_from_counts(h, e, mode, uniform)
+    nan = torch.isnan(scores[:, 0])
+    if bool(nan.any()):
+        ranks = torch.where(nan, torch.full_like(ranks, float(scores.shape[1])), ranks)
+    return ranks
+
+
+def sampled_metric_names(
+    metrics: dict[str, float], n_negatives: int, mrr: bool = False
+) -> dict[str, float]:
+    """The legacy sampled protocol's own metric names (``shared/spec/evaluation.md``): from a
+    :class:`~recsys_pipeline.evaluation.metrics.MetricAccumulator` result, ``recall@k`` ->
+    ``sampled{n}_hr@k``, ``ndcg@k`` -> ``sampled{n}_ndcg@k`` and, with ``mrr``, ``mrr@k`` ->
+    ``sampled{n}_mrr@k`` (dropped otherwise), so they can never pass for full-ranking ones."""
+    renamed = {"recall": "hr", "ndcg": "ndcg"} | ({"mrr": "mrr"} if mrr else {})
+    out = {}
+    for name, value in metrics.items():
+        metric, k = name.split("@")
+        if metric in renamed:
+            out[f"sampled{n_negatives}_{renamed[metric]}@{k}"] = value
+    return out
 
 
 def _uniforms(mode: str, n: int, seed: int) -> np.ndarray | None:
@@ -170,21 +212,12 @@ def sampled_ranking(
         c = torch.from_numpy(np.maximum(cand[a:b], 0)).to(device)
         s = model.score(u, c).float()
         s = s.masked_fill(torch.from_numpy(unknown[a:b]).to(device), -math.inf)
-        target_cols = torch.zeros(b - a, dtype=torch.long, device=device)
-        h, e = count_higher_equal(s, s[:, 0], target_cols, mode != "standard")
         uni = torch.from_numpy(uniform_all[a:b]) if uniform_all is not None else None
-        ranks = rank_from_counts(h, e, mode, uni)
+        ranks = candidate_ranks(s, mode, uni)
         acc.update(ranks)
         if return_ranks:
             all_ranks.append(ranks.cpu().numpy())
-    out = {}
-    for name, value in acc.result().items():
-        metric, k = name.split("@")
-        if metric == "recall":
-            out[f"sampled{n_neg}_hr@{k}"] = value
-        elif metric == "ndcg":
-            out[f"sampled{n_neg}_ndcg@{k}"] = value
-    result = UserRankingResult(out)
+    result = UserRankingResult(sampled_metric_names(acc.result(), n_neg))
     result["n_users"] = float(len(users))
     result["n_dropped"] = float(n_dropped)
     result["n_unknown_negatives"] = float(n_unknown)

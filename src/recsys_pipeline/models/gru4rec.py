@@ -64,11 +64,12 @@ import dataclasses
 import json
 import logging
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import numpy as np
 import polars as pl
@@ -76,13 +77,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_pipeline.models.params import (
-    checked_hints,
-    convert_value,
-    fine_tune_round,
-    format_param_string,
-    parse_param_string,
+from recsys_pipeline.models.base import (
+    ModelParams,
+    Recommender,
+    RecommendResult,
+    saved_params,
+    write_model_json,
 )
+from recsys_pipeline.models.params import convert_value, fine_tune_round
 from recsys_pipeline.models.persistence import (
     load_fine_tune_state,
     read_ids,
@@ -90,6 +92,17 @@ from recsys_pipeline.models.persistence import (
     write_ids,
 )
 from recsys_pipeline.training.device import resolve_device
+from recsys_pipeline.training.losses import (
+    BPRMaxFunction,
+    CrossEntropyFunction,
+    bpr_loss,
+    bpr_max_loss,
+    cross_entropy_loss,
+    logq_correction,
+    top1_loss,
+    top1_max_loss,
+    xe_logit_loss,
+)
 from recsys_pipeline.training.optim import ADAPT_METHODS, IndexedAdagradM, clip_grad_norm
 from recsys_pipeline.training.sampler import NegativeSampler
 from recsys_pipeline.training.session_iterator import (
@@ -99,6 +112,9 @@ from recsys_pipeline.training.session_iterator import (
     sessions_from_frame,
 )
 from recsys_pipeline.training.trainer import EpochStats, run_epoch
+
+if TYPE_CHECKING:
+    from recsys_pipeline.training.sequences import SequenceBatch
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +135,7 @@ __all__ = [
 
 LOSSES = ("cross-entropy", "bpr-max", "top1", "bpr", "top1-max", "xe_logit")
 State = list[torch.Tensor]  # one [B, H_l] hidden state per layer
+_CROSS_ENTROPY = cross_entropy_loss  # the built-in one (see _TrainStep._loss)
 _NON_NEGATIVE = (
     "n_sample n_epochs embedding momentum sample_alpha lmbd grad_cap sigma logq elu_param "
     "sample_store_size"
@@ -129,7 +146,7 @@ _CPU_SAMPLE_STORE = 2**20  # bulk size only matters on accelerators; keeps CPU s
 
 
 @dataclass
-class GRU4RecParams:
+class GRU4RecParams(ModelParams):
     """Hyperparameters, with the reference's names and defaults (official PyTorch port).
 
     ``final_act="auto"`` picks the reference's activation for the loss: softmax for
@@ -139,6 +156,8 @@ class GRU4RecParams:
     ``device`` (``auto``, ``cpu``, ``cuda:N``) and ``seed`` (weights, samples, dropout, session
     order) are ours. In mode *none*, ``dropout_p_embed`` applies to the first layer's output.
     """
+
+    model_name: ClassVar[str] = "GRU4Rec"
 
     layers: list[int] = field(default_factory=lambda: [100])
     loss: str = "cross-entropy"
@@ -217,6 +236,10 @@ class GRU4RecParams:
             return f"elu-{self.elu_param:g}"
         return "linear"
 
+    def study_tag(self) -> str:
+        """Loss and embedding mode: fixed within a tuning study, as the reference advises."""
+        return f"{self.loss}-{self.embedding_mode}"
+
     @property
     def embedding_mode(self) -> str:
         """``"shared"``, ``"separate"`` or ``"none"``."""
@@ -225,35 +248,13 @@ class GRU4RecParams:
         return "separate" if self.embedding > 0 else "none"
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GRU4RecParams:
-        """From a mapping (e.g. YAML); values may be typed or strings as in a parameter string.
-
-        Raises:
-            ValueError: an unknown name (the message lists the valid ones) or a bad value.
-        """
-        hints = checked_hints(cls, values, "GRU4Rec")
-        kwargs = {k: v for k, v in values.items() if not (k == "embedding" and v == "layersize")}
-        kwargs = {k: convert_value("GRU4Rec", k, v, hints[k]) for k, v in kwargs.items()}
-        if values.get("embedding") == "layersize":  # reference shorthand: embedding = layers[0]
-            kwargs["embedding"] = (kwargs.get("layers") or cls().layers)[0]
-        return cls(**kwargs)
-
-    @classmethod
-    def from_string(cls, text: str) -> GRU4RecParams:
-        """From run.py's syntax ``name=value,name=value`` (``/`` separates list items)."""
-        return cls.from_dict(parse_param_string(text))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON/YAML/MLflow friendly)."""
-        return dataclasses.asdict(self)
-
-    def to_string(self) -> str:
-        """The parameter string :meth:`from_string` reads back."""
-        return format_param_string(self.to_dict())
+    def _normalise(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The reference shorthand ``embedding=layersize``: the size of the first layer."""
+        if values.get("embedding") == "layersize":
+            layers = values.get("layers", cls().layers)
+            hint = typing.get_type_hints(cls)["layers"]
+            values = {**values, "embedding": convert_value("GRU4Rec", "layers", layers, hint)[0]}
+        return values
 
 
 # ------------------------------------------------------------------------------- activations
@@ -316,206 +317,6 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def _selu(x: torch.Tensor, scale: float, alpha: float) -> torch.Tensor:
     return scale * F.elu(x, alpha=alpha)
-
-
-# ------------------------------------------------------------------------------------ losses
-# Every loss takes a score matrix ``[B, N]`` whose column ``i`` (i < B) holds the target of row
-# ``i`` (the other columns are negatives: the other rows' targets, then the samples), sums the
-# per-row losses and divides by ``batch_size`` (the nominal mini-batch size, also when the last
-# mini-batches of an epoch are smaller), as the reference does.
-
-
-def logq_correction(
-    log_support: torch.Tensor,
-    targets: torch.Tensor,
-    samples: torch.Tensor | None,
-    logq: float,
-    sample_alpha: float,
-) -> torch.Tensor:
-    """What cross-entropy subtracts from the score columns, ``[B + S]``:
-    ``logq * log(support)`` for the target columns, ``logq * sample_alpha * log(support)`` for
-    the sampled ones."""
-    correction = log_support.index_select(0, targets)
-    if samples is not None:
-        sampled = log_support.index_select(0, samples) * sample_alpha
-        correction = torch.cat([correction, sampled])
-    return correction * logq
-
-
-def cross_entropy_loss(
-    scores: torch.Tensor, batch_size: int, correction: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Softmax over each row (once), ``-log(p_target + 1e-24)``; ``correction [N]`` (logQ) is
-    subtracted from the columns first.
-
-    One autograd node with a hand-written backward (see :class:`_CrossEntropy`)."""
-    if correction is not None:
-        scores = scores - correction
-    return _CrossEntropy.apply(scores, None, None) / batch_size
-
-
-class _CrossEntropy(torch.autograd.Function):
-    """Sum over rows of ``-log(p_t + eps)``, ``p = softmax(row)``, target of row ``i`` in column
-    ``i``. With ``q = softmax(row)`` and ``k = p_t / (p_t + eps)`` the gradient is
-    ``d/d s_j = k * (q_j - [j == t])``: one pass over the saved exponentials instead of the
-    half a dozen full-size nodes of the autograd formulation.
-
-    Grouped form (``target``, ``count`` given, as in :class:`_BPRMax`): column ``u`` stands for
-    ``count[u]`` identical loss columns and ``target[i]`` holds row ``i``'s target; the softmax
-    mass of column ``u`` is ``count[u] * q_u`` and its gradient ``k * (count[u] q_u - [u == t])``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, scores: torch.Tensor, target: torch.Tensor | None, count: torch.Tensor | None
-    ) -> torch.Tensor:
-        if target is None:
-            exp = torch.sub(scores, scores.amax(dim=1, keepdim=True)).exp_()
-            total = exp.sum(dim=1)
-            p_target = exp.diagonal() / total
-        else:
-            logits = torch.add(scores, torch.log(count.to(scores.dtype)))  # log 0 = -inf
-            top = logits.amax(dim=1, keepdim=True)
-            exp = logits.sub_(top).exp_()  # count * exp(s - max)
-            total = exp.sum(dim=1)
-            rows = torch.arange(len(target), device=scores.device)
-            p_target = torch.exp(scores[rows, target] - top.squeeze(1)) / total
-        ctx.save_for_backward(exp, total, p_target, target)
-        return -torch.log(p_target + 1e-24).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        exp, total, p_target, target = ctx.saved_tensors
-        coef = grad * p_target / (p_target + 1e-24)  # [B]
-        out = exp * (coef / total).unsqueeze(1)  # k * q (times the count)
-        if target is None:
-            out.diagonal().sub_(coef)
-        else:
-            out[torch.arange(len(target), device=out.device), target] -= coef
-        return out, None, None
-
-
-def xe_logit_loss(
-    scores: torch.Tensor, batch_size: int, correction: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy on logits (Theano ``xe_logit``): ``logsumexp(row) - score_target``."""
-    if correction is not None:
-        scores = scores - correction
-    return (torch.logsumexp(scores, dim=1) - scores.diagonal()).sum() / batch_size
-
-
-_CROSS_ENTROPY = cross_entropy_loss  # the built-in one (see _TrainStep._loss)
-
-
-def _softmax_negatives(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax of each row over its negatives only: the target column gets weight 0."""
-    masked = scores.clone()
-    masked.diagonal().fill_(-math.inf)  # the target of row i is column i
-    return torch.softmax(masked, dim=1)
-
-
-def bpr_max_loss(scores: torch.Tensor, batch_size: int, bpreg: float) -> torch.Tensor:
-    """BPR-max on (final-activated) scores ``r``, softmax weights ``s`` over the negatives only::
-
-    -log(sum_j s_j * sigmoid(r_t - r_j) + 1e-24) + bpreg * sum_j s_j * r_j ** 2
-
-    One autograd node with a hand-written backward (see :class:`_BPRMax`): the loss is the
-    hottest element-wise part of a bpr-max step.
-    """
-    return _BPRMax.apply(scores, bpreg, None, None) / batch_size
-
-
-class _BPRMax(torch.autograd.Function):
-    """Sum over rows of the BPR-max loss of ``r [B, C]``.
-
-    Plain form (``target`` and ``count`` None): ``C = N`` columns, the target of row ``i`` in
-    column ``i``, every other column a negative. Grouped form: the ``N`` loss columns are given
-    as ``C`` distinct columns, column ``u`` standing for ``count[u]`` identical loss columns
-    (duplicated samples, targets also drawn as samples), ``target[i]`` holding row ``i``'s
-    target; for row ``i`` every occurrence but the target's own is a negative, so the softmax
-    over the negatives is ``softmax(r + log(multiplicity))`` with multiplicity ``count[u]``,
-    ``count[target[i]] - 1`` at the target (0 -> weight 0). Sums over the loss columns become
-    sums over ``C`` columns weighted by it, which is the same loss and gradient (summed per
-    distinct column) without materialising ``[B, N]``.
-
-    With ``w`` the softmax over the negatives, ``sg_j = sigmoid(r_t - r_j)``,
-    ``A = sum_j w_j sg_j`` and ``Q = sum_j w_j r_j^2``, the row loss is
-    ``-log(A + eps) + bpreg * Q`` and (softmax rule: ``d sum_k w_k f_k / d r_j = w_j (f_j - F)``;
-    ``sg_j - sg_j (1 - sg_j) = sg_j^2``)::
-
-        d/d r_j = -1/(A + eps) * w_j * (sg_j^2 - A) + bpreg * w_j * (r_j^2 + 2 r_j - Q)
-        d/d r_t = -1/(A + eps) * sum_j w_j sg_j (1 - sg_j) = -1/(A + eps) * (A - sum_j w_j sg_j^2)
-
-    (the target's own occurrence; in the grouped form its other occurrences add the first line).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        scores: torch.Tensor,
-        bpreg: float,
-        target: torch.Tensor | None,
-        count: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if target is None:
-            own = scores.diagonal()  # the target's own column: row i, column i
-            masked = scores.clone()
-            masked.diagonal().fill_(-math.inf)
-        else:
-            rows = torch.arange(len(target), device=scores.device)
-            own = scores[rows, target]
-            log_count = torch.log(count.to(scores.dtype))  # log 0 = -inf: no weight
-            masked = torch.add(scores, log_count)
-            masked[rows, target] = own + torch.log(count[target].to(scores.dtype) - 1.0)
-        weights = torch.softmax(masked, dim=1)  # over the negatives (with multiplicity)
-        sig = torch.sub(own.unsqueeze(1), scores, out=masked).sigmoid_()
-        ranking = torch.linalg.vecdot(weights, sig)  # A [B]
-        regulariser = torch.linalg.vecdot(weights * scores, scores)  # Q [B]
-        ctx.save_for_backward(scores, weights, sig, ranking, regulariser, target)
-        ctx.bpreg = bpreg
-        return (bpreg * regulariser - torch.log(ranking + 1e-24)).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        scores, weights, sig, ranking, regulariser, target = ctx.saved_tensors
-        bpreg = ctx.bpreg
-        inv = -1.0 / (ranking + 1e-24)  # [B]
-        out = sig * sig  # sg^2
-        slope = ranking - torch.linalg.vecdot(weights, out)  # sum_j w_j sg_j (1 - sg_j)
-        out.sub_(ranking.unsqueeze(1)).mul_(inv.unsqueeze(1))  # inv (sg^2 - A)
-        if bpreg:
-            reg = torch.add(scores, 2.0).mul_(scores).sub_(regulariser.unsqueeze(1))
-            out.add_(reg, alpha=bpreg)  # + bpreg (r^2 + 2 r - Q)
-        out.mul_(weights)
-        if target is None:
-            out.diagonal().add_(inv * slope)  # the target column (its weight is 0 above)
-        else:
-            rows = torch.arange(len(target), device=out.device)
-            out[rows, target] += inv * slope
-        return out.mul_(grad), None, None, None
-
-
-def top1_max_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """TOP1-max: ``sum_j s_j * (sigmoid(r_j - r_t) + sigmoid(r_j ** 2))``, ``s`` over negatives."""
-    weights = _softmax_negatives(scores)
-    target = scores.diagonal().unsqueeze(1)
-    terms = torch.sigmoid(scores - target) + torch.sigmoid(scores.square())
-    return (weights * terms).sum() / batch_size
-
-
-def top1_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """TOP1 (Theano definition): ``mean_j(sigmoid(r_j - r_t) + sigmoid(r_j ** 2))
-    - sigmoid(r_t ** 2) / N`` per row (the mean runs over all ``N`` columns)."""
-    target = scores.diagonal()
-    terms = torch.sigmoid(scores - target.unsqueeze(1)) + torch.sigmoid(scores.square())
-    per_row = terms.mean(dim=1) - torch.sigmoid(target.square()) / scores.shape[1]
-    return per_row.sum() / batch_size
-
-
-def bpr_loss(scores: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """BPR (Theano definition): ``mean_j -log(sigmoid(r_t - r_j))`` per row, all ``N`` columns."""
-    target = scores.diagonal().unsqueeze(1)
-    return -F.logsigmoid(target - scores).mean(dim=1).sum() / batch_size
 
 
 # ----------------------------------------------------------------------------------- network
@@ -932,7 +733,7 @@ class _TrainStep:
             # the built-in loss on the distinct columns, each weighted by its count (same loss
             # and gradient); a replaced cross_entropy_loss gets the [B, B + n_sample] scores
             count = torch.bincount(columns, minlength=scores.shape[1])
-            return _CrossEntropy.apply(scores, columns[:n_rows], count) / p.batch_size
+            return CrossEntropyFunction.apply(scores, columns[:n_rows], count) / p.batch_size
         if p.loss in ("cross-entropy", "xe_logit"):
             scores = scores.index_select(1, columns)  # [B, B + n_sample]
             correction = None
@@ -946,7 +747,7 @@ class _TrainStep:
         scores = self.final_activation(scores)
         if p.loss == "bpr-max":  # on the distinct columns, each weighted by its count
             count = torch.bincount(columns, minlength=scores.shape[1])
-            loss = _BPRMax.apply(scores, p.bpreg, columns[:n_rows], count)
+            loss = BPRMaxFunction.apply(scores, p.bpreg, columns[:n_rows], count)
             return loss / p.batch_size
         scores = scores.index_select(1, columns)
         if p.loss == "top1-max":
@@ -959,13 +760,24 @@ class _TrainStep:
 # ------------------------------------------------------------------------------------- model
 
 
-class GRU4Rec:
-    """The trainable GRU4Rec model; implements :class:`~recsys_pipeline.models.base.NextItemModel`.
+class GRU4Rec(Recommender):
+    """The trainable GRU4Rec model: a :class:`~recsys_pipeline.models.base.Recommender` of task
+    ``next_item`` with the native step path (:class:`~recsys_pipeline.models.base.NextItemModel`)
+    and the batched path (:meth:`encode`, the GRU run over padded sequences).
 
     Args:
         params: hyperparameters (default: the reference defaults).
         **overrides: parameter values replacing those of ``params``.
     """
+
+    kind: ClassVar[str] = "gru4rec"
+    task: ClassVar[str] = "next_item"
+    params_class: ClassVar[type[ModelParams]] = GRU4RecParams
+    #: batched path: the whole prefix is read (no window), sequences right-padded, no times
+    maxlen: ClassVar[int | None] = None
+    padding: ClassVar[str] = "right"
+    uses_times: ClassVar[bool] = False
+    prefix_consistent: ClassVar[bool] = True
 
     def __init__(self, params: GRU4RecParams | None = None, **overrides: Any) -> None:
         params = params or GRU4RecParams()
@@ -979,10 +791,6 @@ class GRU4Rec:
         self._device = resolve_device(self.params.device)
 
     # -- NextItemModel -----------------------------------------------------------------------
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
     @property
     def device(self) -> torch.device:
         return self._device
@@ -1013,10 +821,51 @@ class GRU4Rec:
         """Scores ``[B, stop - start]`` of items ``start .. stop - 1`` (``h . Wy + By``)."""
         return self._network().score(query, start, stop)
 
+    @classmethod
+    def prepare_training_data(cls, train: pl.DataFrame) -> SessionData:
+        """The events grouped into sessions once (:func:`sessions_from_frame`)."""
+        return sessions_from_frame(train)
+
+    @torch.no_grad()
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        """The batched path: queries ``[B, L, H]`` (last layer output after each position of
+        the right-padded ``batch.items [B, L]``), or ``[B, H]`` at each row's last item. The
+        same computation as :meth:`step` applied position by position (one GRU step over the
+        ``B`` rows per position), so the ranks equal the step path's."""
+        if batch.padding != "right":
+            raise ValueError("GRU4Rec.encode needs right-padded batches")
+        net = self._network()
+        items = batch.items.to(self._device)
+        n_rows, width = items.shape
+        state = net.initial_state(n_rows)
+        table = net.input_table
+        outputs = []
+        for t in range(width):
+            x = table.index_select(0, items[:, t].clamp_min(0))
+            h, state = net.hidden_step(x, state, training=False)
+            outputs.append(h)
+        if not outputs:
+            return torch.zeros(n_rows, 0, net.Wy.shape[1], device=self._device)
+        queries = torch.stack(outputs, dim=1)  # [B, L, H]
+        if last_only:
+            last = (batch.lengths.to(self._device) - 1).clamp_min(0)
+            return queries[torch.arange(n_rows, device=self._device), last]
+        return queries
+
+    def recommend(
+        self, inputs: Any, k: int = 20, *, exclude_seen: bool = False, **kwargs: Any
+    ) -> RecommendResult:
+        """Top-``k`` next items after each session (raw item ids); see
+        :func:`recsys_pipeline.serving.recommend.recommend`."""
+        from recsys_pipeline.serving.recommend import recommend
+
+        return recommend(self, inputs, k=k, exclude_seen=exclude_seen, **kwargs)
+
     # -- training ----------------------------------------------------------------------------
     def fit(
         self,
         train: pl.DataFrame | SessionData,
+        valid: pl.DataFrame | None = None,
         *,
         session_key: str = "SessionId",
         item_key: str = "ItemId",
@@ -1025,6 +874,10 @@ class GRU4Rec:
         callback: Callable[[EpochStats], None] | None = None,
     ) -> Self:
         """Train from scratch on ``train`` (one row per event, or prepared :class:`SessionData`).
+
+        ``valid`` is not used: GRU4Rec trains for ``n_epochs`` as the reference does, without a
+        validation split (a warning says so if one is given); ``callback`` can evaluate after
+        every epoch, as the tune pipeline does.
 
         The item vocabulary is the set of training items (ascending raw ids). ``callback`` is
         called after every epoch with its :class:`EpochStats` (e.g. for pruning). The optimizer
@@ -1035,6 +888,8 @@ class GRU4Rec:
             FloatingPointError: the loss became NaN/inf (the model is left untrained).
         """
         p = self.params
+        if valid is not None:
+            logger.warning("GRU4Rec.fit: valid is not used (the reference has no validation)")
         data = (
             train
             if isinstance(train, SessionData)
@@ -1292,8 +1147,8 @@ class GRU4Rec:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
-        """Write ``weights.pt`` (state_dict), ``params.json``, ``item_ids.json`` and
-        ``history.json`` into the directory ``path``; ``optimizer.pt`` (Adagrad accumulators
+        """Write ``weights.pt`` (state_dict), ``model.json`` (kind, format version, params),
+        ``item_ids.json`` and ``history.json`` into the directory ``path``; ``optimizer.pt`` (Adagrad accumulators
         and velocities by parameter name, see :meth:`optimizer_state_dict`) when the model has
         optimizer state and ``optimizer`` is True (``False``: e.g. for serving); and
         ``fine_tune.json`` (the rounds of :meth:`fine_tune`) once the model was fine-tuned."""
@@ -1301,7 +1156,7 @@ class GRU4Rec:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), directory / "weights.pt")
-        (directory / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+        write_model_json(directory, self)
         write_ids(directory / "item_ids.json", self.item_ids)
         (directory / "history.json").write_text(
             json.dumps([s.to_dict() for s in self.history], indent=2)
@@ -1314,9 +1169,10 @@ class GRU4Rec:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> GRU4Rec:
         """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
-        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``)."""
+        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``).
+        Folders written before ``model.json`` existed (``params.json`` instead) load too."""
         directory = Path(path)
-        params = GRU4RecParams.from_dict(json.loads((directory / "params.json").read_text()))
+        params = GRU4RecParams.from_dict(saved_params(directory, cls.kind))
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)

@@ -28,7 +28,7 @@ bulk for the whole epoch (:mod:`recsys_pipeline.training.interactions`), shuffle
 accumulation, AMP (bf16/fp16) and fused Adam on CUDA only, early stop when the sampled validation
 HR@10 reaches ``threshold``. Inside a ``torch.distributed`` process group (``torchrun``) the network
 is wrapped in ``DistributedDataParallel`` and every rank trains on its shard of each epoch
-(:mod:`recsys_pipeline.neumf_ddp`).
+(:mod:`recsys_pipeline.commands.neumf_ddp`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import polars as pl
@@ -52,13 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.evaluation.user_ranking import sampled_ranking
-from recsys_pipeline.models.params import (
-    checked_hints,
-    convert_value,
-    fine_tune_round,
-    format_param_string,
-    parse_param_string,
+from recsys_pipeline.models.base import (
+    ModelParams,
+    Recommender,
+    RecommendResult,
+    saved_params,
+    write_model_json,
 )
+from recsys_pipeline.models.params import fine_tune_round
 from recsys_pipeline.models.persistence import (
     load_fine_tune_state,
     read_ids,
@@ -88,7 +89,7 @@ _SCORE_ELEMENTS = 2**24  # [U, C, L_1] activations per item chunk of score_all
 
 
 @dataclass
-class NeuMFParams:
+class NeuMFParams(ModelParams):
     """Hyperparameters; names and defaults follow NVIDIA's NCF example (``ncf.py``) except
     ``batch_size`` (reference ``2**20`` on a GPU; ``2**14`` suits a CPU) and ``n_epochs``
     (reference 30). ``batch_size`` is global: each of ``W`` data-parallel ranks takes
@@ -96,6 +97,12 @@ class NeuMFParams:
     optimizer step. ``amp`` (CUDA only; ``auto`` = bf16 where supported, else fp16),
     ``negative_mode`` (``approximate`` as the reference, or ``exact``), ``alpha`` (pretraining
     mix), ``device`` and ``seed`` are ours."""
+
+    model_name: ClassVar[str] = "NeuMF"
+
+    def study_tag(self) -> str:
+        """The architecture (``neumf``, ``gmf`` or ``mlp``): fixed within a tuning study."""
+        return self.model
 
     model: str = "neumf"
     factors: int = 64
@@ -138,31 +145,6 @@ class NeuMFParams:
             errors.append("need negative_samples >= 0, learning_rate > 0, 0 <= alpha <= 1")
         if errors:
             raise ValueError("invalid NeuMF parameters: " + "; ".join(errors))
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> NeuMFParams:
-        """From a mapping (e.g. YAML); values may be typed or strings (lists: ``256/128``).
-
-        Raises:
-            ValueError: an unknown name (the message lists the valid ones) or a bad value.
-        """
-        hints = checked_hints(cls, values, "NeuMF")
-        return cls(**{k: convert_value("NeuMF", k, v, hints[k]) for k, v in values.items()})
-
-    @classmethod
-    def from_string(cls, text: str) -> NeuMFParams:
-        """From ``name=value,name=value`` (``/`` separates list items)."""
-        return cls.from_dict(parse_param_string(text))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_string(self) -> str:
-        return format_param_string(self.to_dict())
 
 
 # ------------------------------------------------------------------------------------ network
@@ -282,13 +264,18 @@ def init_from_pretrained(
 # ------------------------------------------------------------------------------------- model
 
 
-class NeuMF:
-    """Trainable NeuMF / GMF / MLP; a :class:`~recsys_pipeline.evaluation.user_ranking.UserModel`.
+class NeuMF(Recommender):
+    """Trainable NeuMF / GMF / MLP: a :class:`~recsys_pipeline.models.base.Recommender` of task
+    ``user_item`` (and a :class:`~recsys_pipeline.evaluation.user_ranking.UserModel`).
 
     Args:
         params: hyperparameters (default: :class:`NeuMFParams`).
         **overrides: parameter values replacing those of ``params``.
     """
+
+    kind: ClassVar[str] = "neumf"
+    task: ClassVar[str] = "user_item"
+    params_class: ClassVar[type[ModelParams]] = NeuMFParams
 
     def __init__(self, params: NeuMFParams | None = None, **overrides: Any) -> None:
         params = params or NeuMFParams()
@@ -308,10 +295,6 @@ class NeuMF:
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
 
     @property
     def device(self) -> torch.device:
@@ -335,14 +318,22 @@ class NeuMF:
             return net.score_all(users.to(self._device)).float()
 
     def recommend(
-        self, users: Sequence[Any] | np.ndarray, k: int = 10, exclude_train: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` raw item ids ``[U, k]`` and their logits ``[U, k]`` for raw user ids.
+        self,
+        inputs: Sequence[Any] | np.ndarray,
+        k: int = 10,
+        exclude_train: bool = True,
+        **kwargs: Any,
+    ) -> RecommendResult:
+        """Top-``k`` raw item ids ``[U, k]`` and their logits ``[U, k]`` for the raw user ids
+        ``inputs`` (unpacks as ``ids, scores``); ``exclude_train`` leaves each user's training
+        items out.
 
         Raises:
             ValueError: a user is not in the training data.
         """
-        idx = _index_of(self.user_ids, np.asarray(users))  # vocab is unsorted after fine_tune
+        if kwargs:
+            raise TypeError(f"NeuMF.recommend got unexpected arguments {sorted(kwargs)}")
+        idx = _index_of(self.user_ids, np.asarray(inputs))  # vocab is unsorted after fine_tune
         if self.n_users == 0 or (idx < 0).any():
             raise ValueError("recommend() got user ids that are not in the training data")
         scores = self.score_all(torch.from_numpy(idx.astype(np.int64)))
@@ -352,7 +343,10 @@ class NeuMF:
             cols = np.concatenate([self.train_indices[a:b] for a, b in zip(starts, stops)] or [[]])
             scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = -math.inf
         top = scores.topk(min(k, self.n_items), dim=1)
-        return self.item_ids[top.indices.cpu().numpy()], top.values.cpu().numpy()
+        indices = top.indices.cpu().numpy()
+        return RecommendResult(
+            self.item_ids[indices], top.values.cpu().numpy(), indices, exclude_train
+        )
 
     # -- training ----------------------------------------------------------------------------
     def fit(
@@ -675,7 +669,7 @@ class NeuMF:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
-        """Write ``weights.pt`` (state dict), ``params.json``, ``user_ids.json``,
+        """Write ``weights.pt`` (state dict), ``model.json``, ``user_ids.json``,
         ``item_ids.json``, ``history.json`` and ``train_items.npz`` (training items per user,
         CSR, for ``recommend``) into the directory ``path``; ``optimizer.pt`` (Adam state by
         parameter name, see :meth:`optimizer_state_dict`) when the model has optimizer state
@@ -684,7 +678,7 @@ class NeuMF:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), directory / "weights.pt")
-        (directory / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+        write_model_json(directory, self)
         write_ids(directory / "user_ids.json", self.user_ids)
         write_ids(directory / "item_ids.json", self.item_ids)
         (directory / "history.json").write_text(json.dumps(self.history, indent=2))
@@ -699,9 +693,10 @@ class NeuMF:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> NeuMF:
         """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
-        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``)."""
+        without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``).
+        Folders written before ``model.json`` existed (``params.json`` instead) load too."""
         directory = Path(path)
-        params = NeuMFParams.from_dict(json.loads((directory / "params.json").read_text()))
+        params = NeuMFParams.from_dict(saved_params(directory, cls.kind))
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)

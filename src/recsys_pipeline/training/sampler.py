@@ -20,14 +20,16 @@ __all__ = ["NegativeSampler", "sampling_distribution"]
 
 
 def sampling_distribution(support: np.ndarray | torch.Tensor, alpha: float) -> torch.Tensor:
-    """Probabilities ``[n_items]`` (float64) proportional to ``support ** alpha``."""
-    weights = torch.as_tensor(np.asarray(support), dtype=torch.float64)
+    """Probabilities ``[n_items]`` (float64) proportional to ``support ** alpha``; items without
+    support get 0. A tensor ``support`` keeps its device (no copy to the host and back)."""
+    raw = support if isinstance(support, torch.Tensor) else torch.as_tensor(np.asarray(support))
+    weights = raw.to(torch.float64)
     if weights.ndim != 1 or len(weights) == 0:
         raise ValueError("support must be a non-empty 1-D array")
     if bool((weights < 0).any()):
         raise ValueError("support must be non-negative")
     weights = weights.pow(alpha) if alpha != 0 else torch.ones_like(weights)
-    weights = torch.where(torch.as_tensor(np.asarray(support)) > 0, weights, 0.0)
+    weights = torch.where(raw > 0, weights, 0.0)
     total = weights.sum()
     if total <= 0:
         raise ValueError("no item has positive support")

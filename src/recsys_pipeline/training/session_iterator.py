@@ -44,12 +44,16 @@ class SessionData:
         offsets: ``[S + 1]`` int64; session ``s`` is ``items[offsets[s]:offsets[s + 1]]``.
         first_time: time of the first event of every session, ``[S]`` (for ``time_sort``).
         item_ids: raw item id of every item index, ``[n_items]``.
+        times: time of every event in whole seconds, ``[N]`` int64, aligned with ``items``; ``None``
+            when unknown (see :func:`sessions_from_frame`). Sequence models that use time (HSTU)
+            read it; session-parallel training ignores it.
     """
 
     items: np.ndarray
     offsets: np.ndarray
     first_time: np.ndarray
     item_ids: np.ndarray
+    times: np.ndarray | None = None
 
     @property
     def n_events(self) -> int:
@@ -86,6 +90,7 @@ def sessions_from_frame(
     session_key: str = "SessionId",
     item_key: str = "ItemId",
     time_key: str = "Time",
+    with_times: bool | None = None,
 ) -> SessionData:
     """Group the events of ``frame`` by session (sorted by session, then time, then row order).
 
@@ -93,6 +98,10 @@ def sessions_from_frame(
         frame: one row per event with the three key columns.
         item_ids: the item vocabulary; ``None`` builds it from ``frame`` (ascending raw ids).
             Events of items outside a given vocabulary are dropped (the session is bridged).
+        with_times: fill :attr:`SessionData.times` (int64 seconds): ``None`` (default) whenever
+            the time column is numeric (taken as seconds, fractions dropped) or temporal
+            (Datetime: seconds since the epoch; Date: its midnight) and has no nulls; ``True``
+            requires it (``ValueError`` otherwise); ``False`` never fills it.
     """
     missing = [c for c in (session_key, item_key, time_key) if c not in frame.columns]
     if missing:
@@ -118,13 +127,36 @@ def sessions_from_frame(
     sessions = events.get_column(session_key).to_numpy()
     starts = np.flatnonzero(np.r_[True, sessions[1:] != sessions[:-1]]) if len(items) else []
     offsets = np.r_[starts, len(items)].astype(np.int64)
-    times = events.get_column(time_key).to_physical().to_numpy()
+    time_column = events.get_column(time_key)
+    times = time_column.to_physical().to_numpy()
+    seconds = None if with_times is False else _event_seconds(time_column)
+    if seconds is None and with_times:
+        raise ValueError(
+            f"with_times=True but column {time_key!r} ({time_column.dtype}) is not numeric or "
+            "temporal, or has nulls"
+        )
     return SessionData(
         items=items,
         offsets=offsets,
         first_time=times[offsets[:-1]],
         item_ids=np.asarray(item_ids),
+        times=seconds,
     )
+
+
+def _event_seconds(column: pl.Series) -> np.ndarray | None:
+    """``column`` as whole seconds ``[N]`` int64, or ``None`` if it has no such reading."""
+    if column.null_count():
+        return None
+    if column.dtype in (pl.Datetime, pl.Date):
+        column = column.dt.epoch("s")
+    elif column.dtype.is_float():
+        if column.is_nan().any():
+            return None
+        column = column.floor()
+    elif not column.dtype.is_integer():
+        return None
+    return column.cast(pl.Int64).to_numpy()
 
 
 class SessionBatch(NamedTuple):

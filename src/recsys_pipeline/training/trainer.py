@@ -4,7 +4,8 @@ A model supplies the steps (any iterable) and a ``train_step(batch) -> (loss, n_
 callable; :func:`run_epoch` runs them, shows a tqdm bar (mini-batches/s as the bar's rate,
 targets/s and the running loss as postfix), stops with :class:`FloatingPointError` on a
 non-finite loss and logs the one-line summary the reference prints
-(``loss, seconds, mini-batches/s, targets/s``). The epoch loss is the mean of the step losses
+(``loss, seconds, mini-batches/s, targets/s``; ``log=False`` leaves that line to the caller, as
+:func:`recsys_pipeline.training.loop.train_epochs` does to add the validation metric to it). The epoch loss is the mean of the step losses
 weighted by the step's number of targets, as in the reference.
 
 Reading a loss value from a GPU forces a synchronisation, so on an accelerator the losses are
@@ -32,13 +33,19 @@ Batch = TypeVar("Batch")
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Summary of one training epoch."""
+    """Summary of one training epoch.
+
+    ``valid_metric`` is the validation metric measured after the epoch (``None``: not measured);
+    :meth:`to_dict` leaves it out when it is ``None``, so records of runs without validation keep
+    their keys.
+    """
 
     epoch: int
     loss: float
     seconds: float
     n_batches: int
     n_targets: int
+    valid_metric: float | None = None
 
     @property
     def batches_per_s(self) -> float:
@@ -49,19 +56,25 @@ class EpochStats:
         return self.n_targets / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON/MLflow friendly), rates included."""
+        """Plain dict (JSON/MLflow friendly), rates included; ``valid_metric`` only when set."""
+        record = asdict(self)
+        if record["valid_metric"] is None:
+            del record["valid_metric"]
         return {
-            **asdict(self),
+            **record,
             "batches_per_s": self.batches_per_s,
             "targets_per_s": self.targets_per_s,
         }
 
-    def summary(self) -> str:
-        """The reference's one-line epoch report."""
-        return (
+    def summary(self, metric_name: str = "valid") -> str:
+        """The reference's one-line epoch report (plus ``metric_name: value`` when measured)."""
+        line = (
             f"epoch {self.epoch} --> loss: {self.loss:.6f} ({self.seconds:.2f}s) "
             f"[{self.batches_per_s:.2f} mb/s | {self.targets_per_s:.0f} targets/s]"
         )
+        if self.valid_metric is not None:
+            line += f" {metric_name}: {self.valid_metric:.6f}"
+        return line
 
 
 def run_epoch(
@@ -74,6 +87,7 @@ def run_epoch(
     progress: bool = True,
     check_every: int | None = None,
     desc: str = "train",
+    log: bool = True,
 ) -> EpochStats:
     """Run ``train_step`` on every batch of one epoch.
 
@@ -86,6 +100,8 @@ def run_epoch(
         total: number of steps, for the progress bar.
         progress: show a tqdm bar.
         check_every: steps between loss checks (default: 1 on CPU, 100 on accelerators).
+        desc: progress-bar label.
+        log: log the epoch's summary line (off when the caller logs its own, longer line).
 
     Raises:
         FloatingPointError: a step produced a NaN or infinite loss.
@@ -139,5 +155,6 @@ def run_epoch(
         n_batches=n_batches,
         n_targets=n_targets,
     )
-    logger.info(stats.summary())
+    if log:
+        logger.info(stats.summary())
     return stats

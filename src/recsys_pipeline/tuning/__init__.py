@@ -1,6 +1,6 @@
-"""Hyperparameter search with Optuna: spaces as data, resumable RDB studies, GRU4Rec trials."""
+"""Hyperparameter search with Optuna: spaces as data, resumable RDB studies, trials of any registered next-item model."""
 
-from recsys_pipeline.tuning.objective import METRICS, Metric, gru4rec_objective, trial_params
+from recsys_pipeline.tuning.objective import METRICS, Metric, model_objective, trial_params
 from recsys_pipeline.tuning.space import ParamSpec, SpaceError, load_space, parse_space, suggest
 from recsys_pipeline.tuning.study import (
     FINISHED,
@@ -26,7 +26,7 @@ __all__ = [
     "TuningError",
     "enqueue_defaults",
     "finished_trials",
-    "gru4rec_objective",
+    "model_objective",
     "load_space",
     "open_study",
     "optimize",

@@ -1,5 +1,6 @@
-"""The GRU4Rec trial: train on ``train_tr`` with fixed + suggested parameters, score on
-``train_valid`` with the shared evaluation after every epoch (for pruning), return the last score.
+"""The trial of any registered next-item model: train on ``train_tr`` with fixed + suggested
+parameters, score on ``train_valid`` with the shared evaluation after every epoch (for pruning),
+return the last score.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import optuna
 import polars as pl
 
 from recsys_pipeline.evaluation import evaluate
-from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
-from recsys_pipeline.training.session_iterator import sessions_from_frame
+from recsys_pipeline.models.registry import model_class
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning.space import ParamSpec, suggest
 
-__all__ = ["METRICS", "Metric", "TrialTracker", "gru4rec_objective", "trial_params"]
+__all__ = ["METRICS", "Metric", "TrialTracker", "model_objective", "trial_params"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class TrialTracker(Protocol):
 
 
 def trial_params(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:
-    """GRU4Rec parameters of a trial: ``base`` (fixed) overridden by ``suggested``.
+    """Model parameters of a trial: ``base`` (fixed) overridden by ``suggested``.
 
-    A single ``layers`` value becomes a one-layer list; when ``elu_param`` is tuned, the final
-    activation follows it (``final_act: auto``, as the reference's bpr-max spaces intend).
+    A single ``layers`` value becomes a one-layer list; when GRU4Rec's ``elu_param`` is tuned,
+    the final activation follows it (``final_act: auto``, as the reference's bpr-max spaces
+    intend).
     """
     params = dict(base) | dict(suggested)
     if isinstance(params.get("layers"), int):
@@ -73,7 +74,8 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def gru4rec_objective(
+def model_objective(
+    kind: str,
     train: pl.DataFrame,
     valid: pl.DataFrame,
     base_params: dict[str, Any],
@@ -85,10 +87,21 @@ def gru4rec_objective(
     tracker: TrialTracker | None = None,
     progress: bool = False,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective of a GRU4Rec study (training data grouped once for all trials)."""
-    data = sessions_from_frame(train)
+    """The objective of a study of the ``kind`` model (a next-item model of the registry; the
+    training data is prepared once for all trials with ``prepare_training_data``).
 
-    def score(model: GRU4Rec) -> float:
+    Raises:
+        ValueError: ``kind`` is not a next-item model.
+    """
+    cls = model_class(kind)
+    if cls.task != "next_item":
+        raise ValueError(
+            f"tuning supports next-item models (scored with the session evaluation); {kind!r} "
+            f"is a {cls.task} model"
+        )
+    data = cls.prepare_training_data(train)
+
+    def score(model: Any) -> float:
         result = evaluate(
             model,
             valid,
@@ -104,12 +117,12 @@ def gru4rec_objective(
         trial.set_user_attr("worker", worker_id())
         suggested = suggest(trial, specs)
         params = trial_params(base_params, suggested)
-        model_params = GRU4RecParams.from_dict(params)
+        model_params = cls.params_class.from_dict(params)
         if tracker:
             tracker.start(trial.number, params)
         logger.info("trial %d: %s", trial.number, suggested)
-        model = GRU4Rec(model_params)
-        n_epochs = model_params.n_epochs
+        model = cls(model_params)
+        n_epochs = int(getattr(model_params, "n_epochs", 1))
         last: dict[int, float] = {}
 
         def after_epoch(stats: EpochStats) -> None:

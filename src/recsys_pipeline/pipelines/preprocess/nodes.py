@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from recsys_pipeline.catalog_datasets import RawSource
 from recsys_pipeline.datasets import read_events
+from recsys_pipeline.kedro_ext.datasets import RawSource
 from recsys_pipeline.preprocessing import protocol as P
 
 logger = logging.getLogger(__name__)

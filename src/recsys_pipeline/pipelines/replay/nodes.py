@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-import torch
 from matplotlib.figure import Figure
 
-from recsys_pipeline.replay import plot_replay, replay, split_days
+from recsys_pipeline.models.registry import resolve_params
+from recsys_pipeline.operations.replay import plot_replay, replay, split_days
+from recsys_pipeline.pipelines.train.nodes import run_params
 
 
 def run_replay(
-    events: pl.DataFrame, params: dict[str, Any], gru4rec: dict[str, Any]
+    events: pl.DataFrame, params: dict[str, Any], parameters: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict[str, Any], Figure]:
-    """Train on the days before the last ``n_eval_days``, then for each of those days:
-    evaluate (GRU4Rec and the baselines), then fine-tune (or retrain) on it. Returns the
-    per-day table, the time averages and the plot of ``metric`` per day."""
-    model_params = dict(gru4rec[params["dataset"]])
-    threads = model_params.pop("num_threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
+    """Train ``replay.model`` (its parameter block resolved for ``replay.dataset``) on the days
+    before the last ``n_eval_days``, then for each of those days: evaluate (the model and the
+    baselines), then fine-tune (or retrain) on it. Returns the per-day table, the time
+    averages and the plot of ``metric`` per day."""
+    kind = params["model"]
+    model_params = run_params(resolve_params(parameters.get(kind), params["dataset"]))
     days = split_days(events, unit_seconds=float(params["time_unit_seconds"]))
     n_eval = int(params["n_eval_days"])
     if len(days) <= n_eval:
@@ -28,6 +28,7 @@ def run_replay(
     result = replay(
         days,
         model_params,
+        model=kind,
         first_train_days=len(days) - n_eval,
         n_eval_days=n_eval,
         fine_tune_epochs=params.get("fine_tune_epochs"),

@@ -13,11 +13,11 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 nodes.run_replay,
-                ["events", "params:replay", "params:gru4rec"],
+                ["events", "params:replay", "parameters"],
                 ["table", "summary", "plot"],
                 name="run",
             )
         ],
         namespace="replay",
-        parameters={"params:replay", "params:gru4rec"},
+        parameters={"params:replay"},
     )

@@ -1,20 +1,21 @@
 """Nodes of ``retrain``: incoming raw files -> protocol + validation -> challenger (fine-tuned
 champion or retrained from scratch) -> champion/challenger decision on the MLflow registry.
 
-``retrain.model``: ``gru4rec`` (default; session files of the dataset's raw format) or ``neumf``
-(MovieLens rating files of ``retrain.ratings_variant``; the newest ``eval_days`` of the new
-ratings are the window, scored with the user-based full ranking).
+``retrain.model``: any registered model (the registry). A next-item model (``gru4rec``, the
+default) takes session files of the dataset's raw format; a user-item model (``neumf``) takes
+MovieLens rating files of ``retrain.ratings_variant``, the newest ``eval_days`` of the new
+ratings being the window, scored with the user-based full ranking.
 
 The data a from-scratch challenger trains on grows with every run: the dataset's preprocessed
-data (``old_train``: GRU4Rec's filtered sessions; ``old_ratings``: MovieLens' deduplicated
+data (``old_train``: the filtered sessions; ``old_ratings``: MovieLens' deduplicated
 ratings) plus the new data of every earlier run (``history``: one parquet partition per batch,
 kedro-datasets' ``PartitionedDataset``), plus this run's new training data.
 
-Exactly-once ingestion (:mod:`recsys_pipeline.ingest`): this run's new data is stored as a
+Exactly-once ingestion (:mod:`recsys_pipeline.operations.ingest`): this run's new data is stored as a
 history partition after the decision, then the files are recorded in the manifest (with the
 batch key) by the last node. A run killed on the way re-offers the files next time, and a
 partition the manifest does not list is ignored. The registry's ``champion`` alias moves last
-(:mod:`recsys_pipeline.champion`).
+(:mod:`recsys_pipeline.operations.champion`).
 """
 
 from __future__ import annotations
@@ -28,33 +29,43 @@ from typing import Any
 
 import mlflow
 import polars as pl
-import torch
 
-from recsys_pipeline import ingest
-from recsys_pipeline.champion import champion_challenger, current_champion
 from recsys_pipeline.datasets import read_events
-from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
+from recsys_pipeline.models.registry import (
+    create_model,
+    kinds,
+    load_model,
+    model_class,
+    resolve_params,
+)
+from recsys_pipeline.operations import ingest
+from recsys_pipeline.operations.champion import champion_challenger, current_champion
 from recsys_pipeline.pipelines.preprocess.nodes import _config
 from recsys_pipeline.pipelines.preprocess.nodes import check_raw_schema as check_raw_events
+from recsys_pipeline.pipelines.train.nodes import run_params
 from recsys_pipeline.preprocessing import run_protocol
 
 logger = logging.getLogger(__name__)
 
 MODES = ("fine_tune", "scratch_growing", "scratch_sliding")
-MODELS = ("gru4rec", "neumf")
 SESSION_COLUMNS = ("SessionId", "ItemId", "Time")
 RATING_COLUMNS = ("UserId", "ItemId", "Time")
 
 
 def _kind(params: dict[str, Any]) -> str:
-    kind = params.get("model", "gru4rec")
-    if kind not in MODELS:
-        raise ValueError(f"retrain.model must be one of {MODELS}, got {kind!r}")
+    kind = params["model"]
+    if kind not in kinds():
+        raise ValueError(f"retrain.model must be one of {kinds()}, got {kind!r}")
     return kind
 
 
+def _ratings(params: dict[str, Any]) -> bool:
+    """Whether the model is a user-item model (rating files) rather than a next-item one."""
+    return model_class(_kind(params)).task == "user_item"
+
+
 def _columns(params: dict[str, Any]) -> tuple[str, ...]:
-    return RATING_COLUMNS if _kind(params) == "neumf" else SESSION_COLUMNS
+    return RATING_COLUMNS if _ratings(params) else SESSION_COLUMNS
 
 
 def _model_name(params: dict[str, Any]) -> str:
@@ -79,7 +90,7 @@ def _file_check(params: dict[str, Any], preprocess: dict[str, Any]) -> Callable[
     """Per new file: read it with the dataset's reader and run the raw Great Expectations check
     of its preprocessing pipeline (columns, kinds, no null ids or times). A file that fails is
     quarantined with the error as its report."""
-    if _kind(params) == "neumf":
+    if _ratings(params):
         from recsys_pipeline.pipelines.preprocess_movielens.nodes import (
             check_raw_schema as check_raw_ratings,
         )
@@ -124,13 +135,13 @@ def gather_history(
     report: ingest.IngestReport,
     params: dict[str, Any],
 ) -> pl.DataFrame:
-    """All data before this run: the dataset's preprocessed data (GRU4Rec: ``old_train``;
-    NeuMF: ``old_ratings``; empty when the dataset was never preprocessed) and the history
-    partitions of the batches the manifest lists as ingested, in that order. A partition the
-    manifest does not list (a run killed before its commit) is ignored. GRU4Rec session ids
-    are renumbered to stay unique across the parts."""
+    """All data before this run: the dataset's preprocessed data (next-item models:
+    ``old_train``; user-item models: ``old_ratings``; empty when the dataset was never
+    preprocessed) and the history partitions of the batches the manifest lists as ingested, in
+    that order. A partition the manifest does not list (a run killed before its commit) is
+    ignored. Session ids are renumbered to stay unique across the parts."""
     columns = _columns(params)
-    base = old_ratings if _kind(params) == "neumf" else old_train
+    base = old_ratings if _ratings(params) else old_train
     parts = [base.select(columns)] if base.columns else []
     orphans = sorted(set(history) - set(report.ingested_batches))
     if orphans:
@@ -177,7 +188,7 @@ def prepare(
         raise RuntimeError(
             f"no new files in {_paths(params)[0]} ({report.summary()}): nothing to retrain on"
         )
-    if _kind(params) == "neumf":
+    if _ratings(params):
         return _prepare_ratings(report, history, params)
     pp = dict(preprocess[params["dataset"]])
     fmt = pp.get("format", params["dataset"])
@@ -217,7 +228,7 @@ def _summary(report, train, window, cuts, validation, **extra) -> dict[str, Any]
 def _prepare_ratings(
     report: ingest.IngestReport, history: pl.DataFrame, params: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """NeuMF: the new rating files through ``preprocess_movielens``' protocol: each (user,
+    """User-item models: the new rating files through ``preprocess_movielens``' protocol: each (user,
     item) pair once at its earliest time, also across runs (a pair already in ``history`` is
     dropped); the ratings of the newest ``eval_days`` are the window (the time split's test,
     cut at ``max(Time) - eval_days`` days), the rest training data; both validated with the
@@ -266,20 +277,23 @@ def _prepare_ratings(
     )
 
 
-def _load_champion(params: dict[str, Any], load: Any, kind: str) -> Any:
-    """The registry's current champion (``mode: fine_tune`` only), loaded with ``load``;
+def _load_champion(params: dict[str, Any]) -> Any:
+    """The registry's current champion (``mode: fine_tune`` only), loaded as its kind;
     ``None`` on the first run or in the ``scratch_*`` modes."""
     if params["mode"] != "fine_tune":
         return None
     folder = Path(tempfile.mkdtemp(prefix="champion-"))
     champion = None
     try:
-        found = current_champion(
-            mlflow.MlflowClient(), _model_name(params), dst_dir=folder, kind=kind
-        )
+        found = current_champion(mlflow.MlflowClient(), _model_name(params), dst_dir=folder)
         if found is not None:
-            champion = load(found[1])
-            logger.info("fine-tuning %s champion version %s", kind, found[0])
+            champion = load_model(found[1], device="cpu")
+            if champion.kind != _kind(params):
+                raise ValueError(
+                    f"{_model_name(params)}@champion is a {champion.kind!r} model, "
+                    f"retrain.model is {_kind(params)!r}"
+                )
+            logger.info("fine-tuning %s champion version %s", champion.kind, found[0])
     finally:
         if champion is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -302,7 +316,7 @@ def _training_data(
     history: pl.DataFrame, new_train: pl.DataFrame, params: dict[str, Any]
 ) -> pl.DataFrame:
     """From-scratch data: history + the new training data (``scratch_sliding``: only what
-    starts in the last ``sliding_days``; GRU4Rec keeps or drops whole sessions)."""
+    starts in the last ``sliding_days``; sessions are kept or dropped whole)."""
     columns = _columns(params)
     new = new_train.select(columns)
     if "SessionId" in columns and history.height:
@@ -311,7 +325,7 @@ def _training_data(
         logger.warning("no earlier data (preprocessing or earlier runs): new data only")
     data = pl.concat([history.select(columns), new], how="vertical_relaxed")
     if params["mode"] == "scratch_sliding":
-        unit = 1.0 if _kind(params) == "neumf" else float(params.get("time_unit_seconds", 1.0))
+        unit = 1.0 if _ratings(params) else float(params.get("time_unit_seconds", 1.0))
         start = data["Time"].max() - params["sliding_days"] * 86400 / unit
         if "SessionId" in columns:
             keep = data.group_by("SessionId").agg(pl.col("Time").min())
@@ -324,42 +338,27 @@ def _training_data(
     return data
 
 
-def _model_params(model_params: dict[str, Any]) -> dict[str, Any]:
-    model_params = dict(model_params)
-    threads = model_params.pop("num_threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    return model_params
-
-
 def train_challenger(
     new_train: pl.DataFrame,
     history: pl.DataFrame,
     params: dict[str, Any],
-    gru4rec: dict[str, Any],
-    neumf: dict[str, Any] | None = None,
+    parameters: dict[str, Any],
 ) -> Any:
-    """``fine_tune``: continue the current champion on the new data (item tables grow;
-    optimizer state ``carry`` or ``reset``; NeuMF's user table grows too); first run or
-    ``scratch_*``: train from scratch on ``history`` and the new data (``scratch_sliding``:
-    only the last ``sliding_days``)."""
-    if _kind(params) == "neumf":
-        from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
-
-        model_params = _model_params(neumf or {})
-        if model_params.pop("pretrain", False):
-            logger.warning("neumf.pretrain is not used by retrain: NeuMF is trained directly")
-        champion = _load_champion(params, lambda d: NeuMF.load(d, device="cpu"), "neumf")
-        if champion is not None:
-            return _fine_tune(champion, new_train, params, progress=False)
-        data = _training_data(history, new_train, params)
-        return NeuMF(NeuMFParams.from_dict(model_params)).fit(data, progress=False)
-    model_params = _model_params(gru4rec[params["dataset"]])
-    champion = _load_champion(params, GRU4Rec.load, "gru4rec")
+    """``fine_tune``: continue the current champion on the new data (item tables grow, user
+    tables too for user-item models; optimizer state ``carry`` or ``reset``); first run or
+    ``scratch_*``: train a ``retrain.model`` from scratch with its parameter block (resolved for
+    ``retrain.dataset``) on ``history`` and the new data (``scratch_sliding``: only the last
+    ``sliding_days``)."""
+    kind = _kind(params)
+    model_params = run_params(resolve_params(parameters.get(kind), params["dataset"]))
+    if model_params.pop("pretrain", False):  # a recipe of train_neumf, not a model parameter
+        logger.warning("%s.pretrain is not used by retrain: the model is trained directly", kind)
+    quiet = {"progress": False} if _ratings(params) else {}
+    champion = _load_champion(params)
     if champion is not None:
-        return _fine_tune(champion, new_train, params)
+        return _fine_tune(champion, new_train, params, **quiet)
     data = _training_data(history, new_train, params)
-    return GRU4Rec(GRU4RecParams.from_dict(model_params)).fit(data)
+    return create_model(kind, model_params).fit(data, **quiet)
 
 
 def decide(
@@ -372,9 +371,9 @@ def decide(
 ) -> dict[str, Any]:
     """Champion vs challenger vs most-popular on the same newest window; the challenger is
     registered and becomes ``champion`` only if it passes the gates and beats the champion by
-    ``margin``. Returns the decision (versioned JSON, also logged to MLflow). NeuMF: each
-    user's earlier ratings (history and new) are left out of the ranking; the baseline is the
-    popularity in the new training data."""
+    ``margin``. Returns the decision (versioned JSON, also logged to MLflow). User-item models:
+    each user's earlier ratings (history and new) are left out of the ranking; the baseline is
+    the popularity in the new training data."""
     decision = champion_challenger(
         challenger,
         window,
@@ -386,7 +385,6 @@ def decide(
         cutoffs=tuple(evaluation["cutoffs"]),
         mode=evaluation["mode"],
         register_rejected=bool(params.get("register_rejected", False)),
-        kind=_kind(params),
         history=history,
     )
     logger.info("decision: %s (%s)", "PROMOTE" if decision.promote else "keep", decision.reason)

@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_challenger,
-                ["new_train", "all_before", "params:retrain", "params:gru4rec", "params:neumf"],
+                ["new_train", "all_before", "params:retrain", "parameters"],
                 "challenger",
                 name="train_challenger",
             ),
@@ -61,8 +61,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         parameters={
             "params:retrain",
             "params:preprocess",
-            "params:gru4rec",
-            "params:neumf",
             "params:evaluation",
         },
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from recsys_pipeline.catalog_datasets import RawSource
-from recsys_pipeline.synthetic import SyntheticConfig, write_raw
+from recsys_pipeline.kedro_ext.datasets import RawSource
+from recsys_pipeline.synthetic.sessions import SyntheticConfig, write_raw
 
 
 def generate_raw(params: dict[str, Any]) -> RawSource:

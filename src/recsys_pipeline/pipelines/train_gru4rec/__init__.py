@@ -1,4 +1,4 @@
-"""GRU4Rec: train -> evaluate -> report -> recommend, per dataset."""
+"""Alias of ``train`` with GRU4Rec only (``--namespaces=<dataset>`` as before)."""
 
 from .pipeline import create_pipeline
 

@@ -7,28 +7,30 @@ import logging
 from typing import Any
 
 import polars as pl
-import torch
 
 from recsys_pipeline.evaluation import full_ranking, sampled_ranking
 from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity
 from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
+from recsys_pipeline.models.registry import resolve_params
+from recsys_pipeline.pipelines.train.nodes import run_params
 
 logger = logging.getLogger(__name__)
 
 
+DATASET = "movielens"
+
+
 def _fit(
-    params: dict[str, Any],
+    block: dict[str, Any],
     train: pl.DataFrame,
     valid: pl.DataFrame | None = None,
     valid_negatives: pl.DataFrame | None = None,
 ) -> NeuMF:
-    """Fit NeuMF; ``pretrain: true`` first trains GMF and MLP alone with the same settings and
-    initialises NeuMF from them (NCF paper, section 3.4.1). ``num_threads``: torch CPU threads."""
-    params = dict(params)
-    threads = params.pop("num_threads", None)
+    """Fit NeuMF with the ``neumf`` block resolved for MovieLens; ``pretrain: true`` first
+    trains GMF and MLP alone with the same settings and initialises NeuMF from them (NCF paper,
+    section 3.4.1). ``num_threads``: torch CPU threads."""
+    params = run_params(resolve_params(block, DATASET))
     pretrain = bool(params.pop("pretrain", False))
-    if threads:
-        torch.set_num_threads(int(threads))
     config = NeuMFParams.from_dict(params)
     pretrained = None
     if pretrain and config.model == "neumf":

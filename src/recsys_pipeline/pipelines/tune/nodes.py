@@ -11,15 +11,16 @@ import plotly.graph_objects as go
 import polars as pl
 import torch
 
-from recsys_pipeline.models.gru4rec import GRU4RecParams
+from recsys_pipeline.models.registry import kinds, model_class, resolve_params
+from recsys_pipeline.pipelines.train import nodes as train
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning import (
     Metric,
     StudySettings,
     TuningError,
     enqueue_defaults,
-    gru4rec_objective,
     load_space,
+    model_objective,
     open_study,
     optimize,
     trial_params,
@@ -29,7 +30,6 @@ from recsys_pipeline.tuning.study import space_signature
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("gru4rec",)
 _SETTINGS = {
     "dataset",
     "model",
@@ -53,32 +53,36 @@ _SETTINGS = {
 }
 
 
-def _base_params(tune: dict[str, Any], gru4rec: dict[str, Any]) -> dict[str, Any]:
-    """The fixed parameters: ``gru4rec.<dataset>`` overridden by ``tune.fixed`` (checked)."""
+def _base_params(tune: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """The fixed parameters: the ``tune.model`` block resolved for ``tune.dataset``
+    (``defaults`` overridden by the dataset's entry), overridden by ``tune.fixed`` (checked)."""
     unknown = sorted(set(tune) - _SETTINGS)
     if unknown:
         raise TuningError(f"unknown tune setting(s) {unknown}; valid: {sorted(_SETTINGS)}")
-    if tune["model"] not in MODELS:
-        raise TuningError(f"tune.model must be one of {MODELS}, got {tune['model']!r}")
-    dataset = tune["dataset"]
-    if dataset not in gru4rec:
+    kind, dataset = tune["model"], tune["dataset"]
+    tunable = kinds("next_item")
+    if kind not in tunable:
+        raise TuningError(f"tune.model must be one of {tunable}, got {kind!r}")
+    block = parameters.get(kind) or {}
+    if "defaults" not in block and dataset not in block:
         raise TuningError(
-            f"no parameters gru4rec.{dataset} (tune.dataset); known: {sorted(gru4rec)}"
+            f"no parameters {kind}.defaults or {kind}.{dataset} (tune.dataset); "
+            f"known: {sorted(block)}"
         )
-    base = dict(gru4rec[dataset]) | dict(tune.get("fixed") or {})
+    base = resolve_params(block, dataset) | dict(tune.get("fixed") or {})
     base.pop("num_threads", None)
     try:
-        GRU4RecParams.from_dict(base)
+        model_class(kind).params_class.from_dict(base)
     except ValueError as err:
-        raise TuningError(f"tune.fixed / gru4rec.{dataset}: {err}") from err
+        raise TuningError(f"tune.fixed / {kind}.{dataset}: {err}") from err
     return base
 
 
 def _study_name(tune: dict[str, Any], base: dict[str, Any]) -> str:
     if tune.get("study_name"):
         return str(tune["study_name"])
-    mode = GRU4RecParams.from_dict(base).embedding_mode
-    return f"{tune['model']}-{tune['dataset']}-{base['loss']}-{mode}"
+    tag = model_class(tune["model"]).params_class.from_dict(base).study_tag()
+    return "-".join(filter(None, (tune["model"], tune["dataset"], tag)))
 
 
 class _MlflowTrials:
@@ -120,7 +124,7 @@ def run_study(
     train_valid: pl.DataFrame,
     storage: str,
     tune: dict[str, Any],
-    gru4rec: dict[str, Any],
+    parameters: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> tuple[optuna.Study, dict[str, Any], pl.DataFrame, dict[str, dict]]:
     """Run (or continue) the study until it holds ``tune.n_trials`` finished trials.
@@ -128,8 +132,8 @@ def run_study(
     Every setting, the space file and the storage are checked before any training. Returns
     the study, the best parameters (JSON), one row per trial and the summary for MLflow.
     """
-    base = _base_params(tune, gru4rec)
-    specs = load_space(tune["space"], GRU4RecParams.field_names())
+    base = _base_params(tune, parameters)
+    specs = load_space(tune["space"], model_class(tune["model"]).params_class.field_names())
     metric = Metric(tune["metric"], int(tune["cutoff"]), evaluation.get("mode", "standard"))
     settings = StudySettings(
         storage=storage,
@@ -155,7 +159,8 @@ def run_study(
         enqueue_defaults(study, specs, base)
     if tune.get("num_threads"):
         torch.set_num_threads(int(tune["num_threads"]))
-    objective = gru4rec_objective(
+    objective = model_objective(
+        tune["model"],
         train_tr,
         train_valid,
         base,
@@ -192,7 +197,8 @@ def run_study(
         "value": best.value,
         "trial": best.number,
         "params": best.params,
-        "gru4rec": trial_params(base, best.params),
+        "model": tune["model"],
+        "model_params": trial_params(base, best.params),
         "trials": counts,
         "trials_run_here": ran,
     }
@@ -240,8 +246,36 @@ def plot_study(study: optuna.Study) -> tuple[go.Figure, go.Figure, go.Figure, go
 
 
 def final_params(best: dict[str, Any], tune: dict[str, Any]) -> dict[str, Any]:
-    """GRU4Rec parameters of the final retrain: the best trial's (``num_threads`` kept)."""
-    params = dict(best["gru4rec"])
+    """Model parameters of the final retrain: the best trial's (``num_threads`` kept)."""
+    params = dict(best["model_params"])
     if tune.get("num_threads"):
         params["num_threads"] = tune["num_threads"]
     return params
+
+
+def train_final(
+    train_full: pl.DataFrame, params: dict[str, Any], tune: dict[str, Any]
+) -> tuple[Any, list[dict], dict[str, list[dict]]]:
+    """The final retrain of ``tune.model`` on ``train_full`` with the best parameters (the
+    training template's node, the parameters given as a block's ``defaults``)."""
+    return train.train_model(
+        train_full, {"defaults": params}, kind=tune["model"], dataset=tune["dataset"]
+    )
+
+
+def evaluate_final(
+    model: Any,
+    train_full: pl.DataFrame,
+    test: pl.DataFrame,
+    evaluation: dict[str, Any],
+    tune: dict[str, Any],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """The final model on ``test`` next to the baselines, as the training template does."""
+    return train.evaluate_models(model, train_full, test, evaluation, kind=tune["model"])
+
+
+def report_final(
+    history: list[dict], metrics: dict[str, dict[str, float]], tune: dict[str, Any]
+) -> tuple[Any, Any]:
+    """The training template's plots of the final model."""
+    return train.plot_report(history, metrics, kind=tune["model"])

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from recsys_pipeline.pipelines.train_gru4rec import nodes as train
 from recsys_pipeline.pipelines.tune import nodes
 
-PARAMS = {"params:tune", "params:gru4rec", "params:evaluation"}
+PARAMS = {"params:tune", "params:evaluation"}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -26,7 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train_valid",
                     "storage",
                     "params:tune",
-                    "params:gru4rec",
+                    "parameters",
                     "params:evaluation",
                 ],
                 ["study", "best_params", "trials", "tracked_metrics"],
@@ -57,21 +56,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="final_params",
             ),
             Node(
-                train.train_gru4rec,
-                ["train_full", "final_params"],
-                ["gru4rec_model", "gru4rec_history", "gru4rec_epoch_metrics"],
+                nodes.train_final,
+                ["train_full", "final_params", "params:tune"],
+                ["model", "history", "epoch_metrics"],
                 name="final_train",
             ),
             Node(
-                train.evaluate_models,
-                ["gru4rec_model", "train_full", "test", "params:evaluation"],
-                ["gru4rec_metrics", "gru4rec_tracked_metrics"],
+                nodes.evaluate_final,
+                ["model", "train_full", "test", "params:evaluation", "params:tune"],
+                ["metrics", "final_tracked_metrics"],
                 name="final_evaluate",
             ),
             Node(
-                train.plot_report,
-                ["gru4rec_history", "gru4rec_metrics"],
-                ["gru4rec_loss_curve", "gru4rec_metrics_plot"],
+                nodes.report_final,
+                ["history", "metrics", "params:tune"],
+                ["loss_curve", "metrics_plot"],
                 name="final_report",
             ),
         ],

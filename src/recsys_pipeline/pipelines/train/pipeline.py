@@ -1,0 +1,95 @@
+"""The training template (train -> evaluate -> report, and top-k), instantiated per session
+dataset x next-item model of the registry (the kedro-viz demo-project pattern).
+
+Namespace ``<dataset>.<model>``: ``kedro run --pipelines=train --namespaces=diginetica.gru4rec``
+trains ``gru4rec`` on ``diginetica.train_full`` with the block ``params:gru4rec`` resolved for
+``diginetica`` (``defaults`` overridden by ``gru4rec.diginetica``) and evaluates it on
+``diginetica.test`` next to the baselines; ``--namespaces=diginetica`` runs every model on it.
+Outputs are the catalog's ``<dataset>.<model>.*`` entries.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from kedro.pipeline import Node, Pipeline
+
+from recsys_pipeline.models.registry import kinds
+from recsys_pipeline.pipelines.preprocess.pipeline import DATASETS
+from recsys_pipeline.pipelines.train import nodes
+
+#: the session datasets (preprocess_<dataset>) and the generated one of the default run
+SESSION_DATASETS = (*DATASETS, "synthetic")
+
+
+def bind(func: Callable[..., Any], **bound: Any) -> Callable[..., Any]:
+    """``func`` with the keyword arguments ``bound`` fixed, as a node function: it keeps the
+    name, docstring and (reduced) signature of ``func`` (a ``functools.partial`` has no name for
+    Kedro's logs and kedro-viz)."""
+
+    def node_func(*args: Any) -> Any:
+        return func(*args, **bound)
+
+    signature = inspect.signature(func)
+    node_func.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in bound]
+    )
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(node_func, attr, getattr(func, attr))
+    return node_func
+
+
+def template(kind: str, dataset: str) -> Pipeline:
+    """The training nodes of one model on one dataset, not yet namespaced."""
+    return Pipeline(
+        [
+            Node(
+                bind(nodes.train_model, kind=kind, dataset=dataset),
+                ["train_full", "params:model_block"],
+                ["model", "history", "epoch_metrics"],
+                name="train",
+            ),
+            Node(
+                bind(nodes.evaluate_models, kind=kind),
+                ["model", "train_full", "test", "params:evaluation"],
+                ["metrics", "tracked_metrics"],
+                name="evaluate",
+            ),
+            Node(
+                bind(nodes.plot_report, kind=kind),
+                ["history", "metrics"],
+                ["loss_curve", "metrics_plot"],
+                name="report",
+            ),
+            Node(
+                nodes.recommend_top_k,
+                ["model", "test", "params:recommend"],
+                "recommendations",
+                name="recommend",
+                tags=["recommend"],
+            ),
+        ]
+    )
+
+
+def for_pair(kind: str, dataset: str) -> Pipeline:
+    """The template in namespace ``<dataset>.<kind>``, reading ``<dataset>``'s splits."""
+    return Pipeline(
+        template(kind, dataset),
+        namespace=f"{dataset}.{kind}",
+        inputs={"train_full": f"{dataset}.train_full", "test": f"{dataset}.test"},
+        parameters={
+            "params:model_block": f"params:{kind}",
+            "params:evaluation": "params:evaluation",
+            "params:recommend": "params:recommend",
+        },
+    )
+
+
+def create_pipeline(models: tuple[str, ...] | None = None, **kwargs) -> Pipeline:
+    """Every next-item model (or ``models``) on every session dataset; pick with
+    ``--namespaces=<dataset>`` or ``--namespaces=<dataset>.<model>``."""
+    chosen = models if models is not None else tuple(kinds("next_item"))
+    return sum((for_pair(kind, name) for name in SESSION_DATASETS for kind in chosen), Pipeline([]))
