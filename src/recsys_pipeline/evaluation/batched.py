@@ -23,6 +23,7 @@ stays small; a batch is padded on the side the model asks for (``model.padding``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,11 +86,7 @@ def _batches(lengths: np.ndarray, batch_size: int, budget: int) -> list[np.ndarr
 
 def run_batched(
     model: SequenceEncoder,
-    items: np.ndarray,
-    is_target: np.ndarray,
-    pos_in_session: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
+    streams: Any,
     acc: MetricAccumulator,
     chunk: int,
     mode: str,
@@ -99,8 +96,12 @@ def run_batched(
     progress: bool,
     exclude_seen: bool = False,
 ) -> None:
-    """Rank every target of the streams (``items [E]``, ``is_target [E]``, ``starts/ends [S]``)
-    with queries from ``model.encode``; updates ``acc`` (and ``all_ranks [E]`` at the targets)."""
+    """Rank every target of ``streams`` (an :class:`~recsys_pipeline.evaluation.EvalStreams`:
+    ``items [E]``, ``is_target [E]``, ``pos_in_session [E]``, ``starts/ends [S]``) with queries
+    from ``model.encode``; updates ``acc`` (and ``all_ranks [E]`` at the targets). The same
+    arguments as the step path's loop."""
+    items, is_target, pos_in_session = streams.items, streams.is_target, streams.pos_in_session
+    starts, ends = streams.starts, streams.ends
     if len(starts) == 0:
         return
     device = model.device

@@ -347,36 +347,19 @@ def evaluate(
         model.eval()
     try:
         with torch.no_grad():
-            if path == "step":
-                _run(
-                    model,
-                    streams,
-                    acc,
-                    chunk,
-                    mode,
-                    batch_size,
-                    uniform_all,
-                    all_ranks,
-                    progress,
-                    exclude_seen,
-                )
-            else:
-                run_batched(
-                    model,  # type: ignore[arg-type]
-                    streams.items,
-                    streams.is_target,
-                    streams.pos_in_session,
-                    streams.starts,
-                    streams.ends,
-                    acc,
-                    chunk,
-                    mode,
-                    batch_size,
-                    uniform_all,
-                    all_ranks,
-                    progress,
-                    exclude_seen,
-                )
+            loop = _run if path == "step" else run_batched
+            loop(
+                model,  # type: ignore[arg-type]
+                streams,
+                acc,
+                chunk,
+                mode,
+                batch_size,
+                uniform_all,
+                all_ranks,
+                progress,
+                exclude_seen,
+            )
     finally:
         if was_training:
             model.train()

@@ -61,6 +61,7 @@ is saved as ``optimizer.pt`` (tensors by parameter name) and can be carried into
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -92,6 +93,14 @@ from recsys_pipeline.models.persistence import (
     write_ids,
 )
 from recsys_pipeline.training.device import resolve_device
+from recsys_pipeline.training.loop import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    history_from_json,
+    read_checkpoint,
+    remove_checkpoint,
+    write_checkpoint,
+)
 from recsys_pipeline.training.losses import (
     BPRMaxFunction,
     CrossEntropyFunction,
@@ -872,8 +881,15 @@ class GRU4Rec(Recommender):
         time_key: str = "Time",
         progress: bool = True,
         callback: Callable[[EpochStats], None] | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> Self:
         """Train from scratch on ``train`` (one row per event, or prepared :class:`SessionData`).
+
+        ``checkpoint_dir``: write a checkpoint after every epoch (weights, optimizer state,
+        random generators, the negative-sample store, history; ``torch.load(...,
+        weights_only=True)``) and, when a checkpoint of the same parameters and data is there,
+        continue after its epoch instead of starting over: a killed run resumes and ends with
+        the weights of an uninterrupted run. The checkpoint is removed when training ends.
 
         ``valid`` is not used: GRU4Rec trains for ``n_epochs`` as the reference does, without a
         validation split (a warning says so if one is given); ``callback`` can evaluate after
@@ -907,9 +923,19 @@ class GRU4Rec(Recommender):
         self.history = []
         self.fine_tune_rounds = []
         self._optimizer = self._new_optimizer(p.learning_rate)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
         self._train(
-            data, n_epochs=p.n_epochs, seed=p.seed + 1, progress=progress, callback=callback
+            data,
+            n_epochs=p.n_epochs,
+            seed=p.seed + 1,
+            progress=progress,
+            callback=callback,
+            checkpoint=checkpoint,
         )
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
         return self
 
     def _new_optimizer(self, learning_rate: float) -> IndexedAdagradM:
@@ -931,12 +957,14 @@ class GRU4Rec(Recommender):
         seed: int,
         progress: bool,
         callback: Callable[[EpochStats], None] | None,
+        checkpoint: Path | None = None,
     ) -> None:
         """Run ``n_epochs`` epochs on ``data`` (indexed by :attr:`item_ids`) with the model's
         network and optimizer, appending to :attr:`history` (epoch numbers continue).
 
         ``seed`` seeds the device generator (samples, dropout); ``seed + 1`` the session order.
-        The negative sampler's popularity is the support of ``data``.
+        The negative sampler's popularity is the support of ``data``. ``checkpoint``: the file
+        of :meth:`fit`'s per-epoch checkpoints (resumed from when it matches).
         """
         p, net, optimizer, device = self.params, self._network(), self._optimizer, self._device
         assert optimizer is not None
@@ -969,7 +997,27 @@ class GRU4Rec(Recommender):
             p.to_string(),
         )
         first_epoch = self.history[-1].epoch + 1 if self.history else 1
-        for epoch in range(first_epoch, first_epoch + n_epochs):
+        last_epoch = first_epoch + n_epochs - 1
+        fingerprint = _fingerprint(p, data, seed) if checkpoint is not None else ""
+        if checkpoint is not None:
+            saved = read_checkpoint(checkpoint, fingerprint)
+            if saved is not None:
+                net.load_state_dict(saved["net"])
+                _load_optimizer_state(net, optimizer, saved["optimizer"])
+                device_generator.set_state(saved["generator"])
+                if sampler is not None:
+                    sampler.load_state_dict(saved["sampler"])
+                order_rng.bit_generator.state = json.loads(saved["order_rng"])
+                self.history = history_from_json(saved["history"])
+                step.skipped = int(saved["skipped"])
+                first_epoch = self.history[-1].epoch + 1
+                logger.info(
+                    "GRU4Rec: resuming from %s, continuing at epoch %d of %d",
+                    checkpoint,
+                    first_epoch,
+                    last_epoch,
+                )
+        for epoch in range(first_epoch, last_epoch + 1):
             order = order_rng.permutation(base_order) if p.train_random_order else base_order
             plan = iterator.plan(order)
             step.state = net.initial_state(plan.n_slots)
@@ -988,6 +1036,22 @@ class GRU4Rec(Recommender):
                 self._optimizer = None
                 raise
             self.history.append(stats)
+            if checkpoint is not None:
+                write_checkpoint(
+                    checkpoint,
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "net": net.state_dict(),
+                        "optimizer": _optimizer_state_dict(net, optimizer),
+                        "generator": device_generator.get_state(),
+                        "sampler": {} if sampler is None else sampler.state_dict(),
+                        "order_rng": json.dumps(order_rng.bit_generator.state),
+                        "history": json.dumps([s.to_dict() for s in self.history]),
+                        "skipped": step.skipped,
+                    },
+                )
             if callback is not None:
                 callback(stats)
         if step.skipped:
@@ -1214,19 +1278,21 @@ class GRU4Rec(Recommender):
             _load_optimizer_state(self.net, self._optimizer, state)
         return self
 
-    def item_index(self, ids: np.ndarray | pl.Series | list[Any]) -> np.ndarray:
-        """Item indices ``[n]`` of raw ids (``-1`` for ids outside the vocabulary)."""
-        vocab = pl.Series(self.item_ids)
-        series = pl.Series(ids) if not isinstance(ids, pl.Series) else ids
-        index = series.cast(vocab.dtype, strict=False).replace_strict(
-            vocab, pl.int_range(len(vocab), dtype=pl.Int64, eager=True), default=-1
-        )
-        return index.to_numpy(writable=True)
-
     def _network(self) -> GRU4RecNetwork:
         if self.net is None:
             raise RuntimeError("the model is not trained: call fit() or GRU4Rec.load() first")
         return self.net
+
+
+def _fingerprint(params: GRU4RecParams, data: SessionData, seed: int) -> str:
+    """What a checkpoint must match to be resumed: the parameters (device aside), the seed and
+    the training data (items, session boundaries, vocabulary)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({**params.to_dict(), "device": None, "seed_used": seed}).encode())
+    for array in (data.items, data.offsets, data.first_time):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(np.asarray(data.item_ids).tolist(), default=str).encode())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------- fine-tuning: item growth, optimizer state

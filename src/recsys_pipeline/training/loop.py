@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AMP_MODES",
     "CHECKPOINT_FILE",
+    "CHECKPOINT_FORMAT",
     "SCHEDULER_INTERVALS",
     "LoopConfig",
     "Stateful",
@@ -84,13 +85,17 @@ __all__ = [
     "autocast_context",
     "cpu_supports_bf16",
     "grad_scaler_for",
+    "history_from_json",
+    "read_checkpoint",
+    "remove_checkpoint",
     "train_epochs",
+    "write_checkpoint",
 ]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULER_INTERVALS = ("step", "epoch")
 CHECKPOINT_FILE = "checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 1
 
 B = TypeVar("B")
 
@@ -365,13 +370,13 @@ def train_epochs(
     bad_epochs = 0
 
     ckpt_path = None if config.checkpoint_dir is None else config.checkpoint_dir / CHECKPOINT_FILE
-    checkpoint = None if ckpt_path is None else _read_checkpoint(ckpt_path, fingerprint)
+    checkpoint = None if ckpt_path is None else read_checkpoint(ckpt_path, fingerprint)
     if checkpoint is not None:
         assert ckpt_path is not None
         best, bad_epochs = _restore(
             checkpoint, module, optimizer, scaler, scheduler, extra, device, config.host_rng
         )
-        result.history = _history_from_json(checkpoint["history"])
+        result.history = history_from_json(checkpoint["history"])
         result.stopped_early = bool(checkpoint["stopped_early"])
         result.resumed_from = int(checkpoint["epoch"])
         if result.stopped_early or result.resumed_from >= config.n_epochs:
@@ -453,7 +458,7 @@ def train_epochs(
         )
         logger.info("%s %s%s", config.desc, stats.summary(config.metric_name), note)
         if ckpt_path is not None:
-            _write_checkpoint(
+            write_checkpoint(
                 ckpt_path,
                 _checkpoint_dict(
                     module, optimizer, scaler, scheduler, extra, device, config.host_rng,
@@ -483,7 +488,7 @@ def train_epochs(
             )
     module.eval()
     if config.cleanup and ckpt_path is not None:
-        _remove_checkpoint(ckpt_path)
+        remove_checkpoint(ckpt_path)
     return result
 
 
@@ -547,7 +552,7 @@ def _checkpoint_dict(
         state = None if best.epoch == epoch else best.state
         best_dict = {"epoch": best.epoch, "metric": best.metric, "state": state}
     return {
-        "format": _CHECKPOINT_FORMAT,
+        "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
         "epoch": epoch,
         "stopped_early": result.stopped_early,
@@ -567,7 +572,7 @@ def _get_state(obj: torch.Generator | Stateful) -> Any:
     return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
 
 
-def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -583,8 +588,9 @@ def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def _read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it exists, is readable and has ``fingerprint``."""
+def read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it exists, is readable (``weights_only``), has the format
+    :data:`CHECKPOINT_FORMAT` and ``fingerprint``; otherwise ``None`` (with a warning)."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a write killed half-way
         with contextlib.suppress(OSError):
             stale.unlink()
@@ -595,7 +601,7 @@ def _read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         logger.warning("checkpoint %s unreadable (%s): ignored, training from epoch 1", path, err)
         return None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         logger.warning("checkpoint %s has an unknown format: ignored, training from epoch 1", path)
         return None
     if checkpoint.get("fingerprint") != fingerprint:
@@ -657,12 +663,14 @@ def _restore(
     return best, int(checkpoint["bad_epochs"])
 
 
-def _history_from_json(text: str) -> list[EpochStats]:
+def history_from_json(text: str) -> list[EpochStats]:
+    """Epoch records written as JSON (``EpochStats.to_dict`` per epoch) back as ``EpochStats``."""
     names = EpochStats.__dataclass_fields__
     return [EpochStats(**{k: v for k, v in s.items() if k in names}) for s in json.loads(text)]
 
 
-def _remove_checkpoint(path: Path) -> None:
+def remove_checkpoint(path: Path) -> None:
+    """Delete the checkpoint file, and its folder when that is then empty."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     with contextlib.suppress(OSError):

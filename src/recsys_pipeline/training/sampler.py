@@ -82,6 +82,20 @@ class NegativeSampler:
         idx = torch.searchsorted(self._cdf, uniform, right=True)
         return idx.clamp_(max=self._n_items - 1)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The unused part of the store: ``{"store": [rows, n_sample], "pointer": 0-d}`` (the
+        random generator's state is its owner's to save)."""
+        return {"store": self._store.cpu(), "pointer": torch.tensor(self._pointer)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict` (same ``n_sample``)."""
+        store = state["store"].to(self.device)
+        if store.dim() != 2 or store.shape[1] != self.n_sample:
+            raise ValueError(
+                f"sampler state has shape {tuple(store.shape)}, need [*, {self.n_sample}]"
+            )
+        self._store, self._pointer = store, int(state["pointer"])
+
     def refill(self) -> None:
         """Draw a new store of ``n_rows x n_sample`` ids."""
         self._store = self.draw(self.n_rows * self.n_sample).view(self.n_rows, self.n_sample)

@@ -129,6 +129,35 @@ class SequenceBatch:
         """Number of labelled positions (``targets != PAD``)."""
         return int((self.targets != PAD).sum())
 
+    @classmethod
+    def from_numpy(
+        cls,
+        items: np.ndarray,
+        lengths: np.ndarray,
+        targets: np.ndarray,
+        times: np.ndarray | None,
+        mask: np.ndarray | None,
+        padding: str,
+        *,
+        target_times: np.ndarray | None = None,
+        sequence: np.ndarray | None = None,
+    ) -> SequenceBatch:
+        """A CPU batch from numpy arrays (ints as long, bools as bool; ``None`` stays)."""
+
+        def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else _tensor(array)
+
+        return cls(
+            items=_tensor(items),
+            lengths=_tensor(lengths),
+            targets=_tensor(targets),
+            times=tensor(times),
+            mask=tensor(mask),
+            padding=padding,
+            target_times=tensor(target_times),
+            sequence=tensor(sequence),
+        )
+
     def to(self, device: torch.device | str) -> SequenceBatch:
         """The batch with every tensor on ``device`` (non-blocking from pinned host memory)."""
         device = torch.device(device)
@@ -462,15 +491,15 @@ class SequenceBatcher:
                 random_item = chosen & (u >= 0.8) & (u < 0.9)
                 items = items.copy()
                 items[random_item] = rng.integers(0, self.data.n_items, int(random_item.sum()))
-        batch = SequenceBatch(
-            items=_tensor(items),
-            lengths=_tensor(length),
-            targets=_tensor(targets),
-            times=None if times is None else _tensor(times),
-            mask=None if mask is None else _tensor(mask),
-            padding=self.padding,
-            target_times=None if target_times is None else _tensor(target_times),
-            sequence=_tensor(s.sequence[rows]),
+        batch = SequenceBatch.from_numpy(
+            items,
+            length,
+            targets,
+            times,
+            mask,
+            self.padding,
+            target_times=target_times,
+            sequence=s.sequence[rows],
         )
         return batch if self.device.type == "cpu" else batch.to(self.device)
 
@@ -604,15 +633,15 @@ def last_item_inputs(
         if mask == "none":
             next_time = _gather(all_times, position + 1, valid, 0)
             target_times = np.where(is_last, slot_time[:, None], next_time)
-    batch = SequenceBatch(
-        items=_tensor(item_grid),
-        lengths=_tensor(length),
-        targets=_tensor(targets),
-        times=None if times is None else _tensor(times),
-        mask=None if mask_grid is None else _tensor(mask_grid),
-        padding=padding,
-        target_times=None if target_times is None else _tensor(target_times),
-        sequence=_tensor(sequences),
+    batch = SequenceBatch.from_numpy(
+        item_grid,
+        length,
+        targets,
+        times,
+        mask_grid,
+        padding,
+        target_times=target_times,
+        sequence=sequences,
     )
     return batch.to(device)
 

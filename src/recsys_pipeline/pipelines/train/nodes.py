@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -50,12 +52,26 @@ def epoch_history(model: Any) -> list[dict[str, Any]]:
 
 
 def train_model(
-    train_full: pl.DataFrame, block: dict[str, Any], *, kind: str, dataset: str
+    train_full: pl.DataFrame,
+    block: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    *,
+    kind: str,
+    dataset: str,
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """Train a ``kind`` model (the registry's) on ``train_full`` with its parameter block
-    resolved for ``dataset``; returns the model, its epoch history and MLflow metrics."""
+    resolved for ``dataset``; returns the model, its epoch history and MLflow metrics.
+
+    ``training.checkpoint_dir``: models whose ``fit`` takes a ``checkpoint_dir`` checkpoint
+    every epoch under ``<checkpoint_dir>/<dataset>/<kind>``, so that a killed run resumes from
+    its last finished epoch (the checkpoint is removed when training ends)."""
     params = run_params(resolve_params(block, dataset))
-    model = create_model(kind, params).fit(train_full)
+    model = create_model(kind, params)
+    fit_args: dict[str, Any] = {}
+    root = (training or {}).get("checkpoint_dir")
+    if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
+        fit_args["checkpoint_dir"] = Path(root) / dataset / kind
+    model.fit(train_full, **fit_args)
     history = epoch_history(model)
     tracked = {
         name: [{"value": float(row[name]), "step": row["epoch"]} for row in history]

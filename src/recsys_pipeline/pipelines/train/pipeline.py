@@ -47,7 +47,7 @@ def template(kind: str, dataset: str) -> Pipeline:
         [
             Node(
                 bind(nodes.train_model, kind=kind, dataset=dataset),
-                ["train_full", "params:model_block"],
+                ["train_full", "params:model_block", "params:training"],
                 ["model", "history", "epoch_metrics"],
                 name="train",
             ),
@@ -82,6 +82,7 @@ def for_pair(kind: str, dataset: str) -> Pipeline:
         inputs={"train_full": f"{dataset}.train_full", "test": f"{dataset}.test"},
         parameters={
             "params:model_block": f"params:{kind}",
+            "params:training": "params:training",
             "params:evaluation": "params:evaluation",
             "params:recommend": "params:recommend",
         },
