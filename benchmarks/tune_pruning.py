@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from recsys_pipeline.models.gru4rec import GRU4RecParams
+from recsys_pipeline.models.registry import resolve_params
 from recsys_pipeline.tuning import (
     Metric,
     StudySettings,
@@ -82,8 +83,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, valid = latest("train_tr"), latest("train_valid")
-    params = yaml.safe_load((ROOT / "conf/base/parameters_train_gru4rec.yml").read_text())
-    base = dict(params["gru4rec"]["synthetic"]) | {"n_epochs": args.epochs}
+    params = yaml.safe_load((ROOT / "conf/base/parameters_models.yml").read_text())
+    base = resolve_params(params["gru4rec"], "synthetic") | {"n_epochs": args.epochs}
     base.pop("num_threads", None)
     specs = load_space(
         ROOT / "conf/base/paramspaces/gru4rec_synthetic.json", GRU4RecParams.field_names()
