@@ -109,3 +109,54 @@ def test_bad_settings_fail_before_any_training(prepared: Path):
         "optuna_storage:\n  url: postgresql+psycopg://optuna:hunter2@127.0.0.1:9/optuna\n"
     )
     _runs_nothing(project, TuningError, "cannot open the Optuna storage")
+
+
+def test_tune_a_user_item_model_on_the_movielens_time_split(project: Path):
+    """``tune.model=neumf``: trials scored with the user-based full ranking on time_valid
+    (training items left out), the best configuration retrained on time_train and evaluated on
+    time_test next to popularity and co-occurrence."""
+    from recsys_pipeline.synthetic.ratings import RatingsConfig, write_ratings
+
+    raw = project / "data" / "01_raw" / "movielens"
+    write_ratings("ml-100k", raw, RatingsConfig(n_users=150, n_items=200, n_ratings=6_000, seed=5))
+    run(project, "preprocess_movielens")
+    space = project / "neumf_space.json"
+    space.write_text(
+        '{"name": "factors", "dtype": "int", "low": 4, "high": 8, "step": 4}\n'
+        '{"name": "learning_rate", "dtype": "float", "low": 0.001, "high": 0.01, "log": true}\n'
+    )
+    splits = {
+        "train": "time_train",
+        "valid": "time_valid",
+        "full": "time_train",
+        "test": "time_test",
+    }
+    tune = {
+        "dataset": "movielens",
+        "model": "neumf",
+        "space": str(space),
+        "splits": splits,
+        "n_trials": 2,
+        "fixed": {"layers": [16, 8], "n_epochs": 2, "batch_size": 2048, "device": "cpu"},
+        "pruner": "none",
+        "num_threads": 1,
+        "sampler_seed": 1,
+        "study_name": f"neumf-{project.name}",
+    }
+    run(project, "tune", session={"runtime_params": {"tune": tune}})
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, runtime_params={"tune": tune}) as session:
+        cat = session.load_context().catalog  # tune.* paths follow the runtime parameters
+    best = cat.load("tune.best_params")
+    assert best["model"] == "neumf" and best["trials"] == {"COMPLETE": 2}
+    assert best["metric"] == "mrr@20" and 0 < best["value"] <= 1
+    assert best["model_params"]["factors"] == best["params"]["factors"]
+    assert cat.load("tune.trials")["epochs_reported"].to_list() == [2, 2]
+    metrics = cat.load("tune.metrics")
+    assert set(metrics) == {"neumf", "popularity", "cooccurrence"}
+    assert metrics["neumf"]["n_targets"] == metrics["popularity"]["n_targets"] > 0
+    model = cat.load("tune.model")
+    assert model.task == "user_item" and model.params.factors == best["params"]["factors"]
+    folder = next((project / "data/06_models/movielens/neumf_tuned").glob("*/neumf_tuned"))
+    assert json.loads((folder / "model.json").read_text())["kind"] == "neumf"

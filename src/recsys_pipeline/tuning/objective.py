@@ -1,6 +1,7 @@
-"""The trial of any registered next-item model: train on ``train_tr`` with fixed + suggested
-parameters, score on ``train_valid`` with the shared evaluation after every epoch (for pruning),
-return the last score.
+"""The trial of any registered model: train on the training split with fixed + suggested
+parameters, score on the validation split after every epoch (for pruning), return the last
+score. Next-item models are scored with the session evaluation (every position, full ranking);
+user-item models with the user-based full ranking, each user's training items left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import optuna
 import polars as pl
 
-from recsys_pipeline.evaluation import evaluate
+from recsys_pipeline.evaluation import evaluate, full_ranking
 from recsys_pipeline.models.registry import model_class
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning.space import ParamSpec, suggest
@@ -70,6 +71,20 @@ def trial_params(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, A
     return params
 
 
+def as_epoch_stats(record: EpochStats | dict[str, Any]) -> EpochStats:
+    """A model's per-epoch record (``EpochStats``, or a dict with ``epoch``, ``loss`` and
+    ``seconds`` as NeuMF's callback gives) as ``EpochStats``."""
+    if isinstance(record, EpochStats):
+        return record
+    return EpochStats(
+        epoch=int(record["epoch"]),
+        loss=float(record["loss"]),
+        seconds=float(record.get("seconds", 0.0)),
+        n_batches=int(record.get("n_batches", 0)),
+        n_targets=int(record.get("n_targets", record.get("samples", 0))),
+    )
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -87,29 +102,30 @@ def model_objective(
     tracker: TrialTracker | None = None,
     progress: bool = False,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective of a study of the ``kind`` model (a next-item model of the registry; the
-    training data is prepared once for all trials with ``prepare_training_data``).
-
-    Raises:
-        ValueError: ``kind`` is not a next-item model.
-    """
+    """The objective of a study of the ``kind`` model (the training data is prepared once for
+    all trials with ``prepare_training_data``)."""
     cls = model_class(kind)
-    if cls.task != "next_item":
-        raise ValueError(
-            f"tuning supports next-item models (scored with the session evaluation); {kind!r} "
-            f"is a {cls.task} model"
-        )
     data = cls.prepare_training_data(train)
 
     def score(model: Any) -> float:
-        result = evaluate(
-            model,
-            valid,
-            cutoffs=(metric.cutoff,),
-            mode=metric.mode,
-            batch_size=eval_batch_size,
-            progress=False,
-        )
+        if cls.task == "user_item":
+            result = full_ranking(
+                model,
+                valid,
+                exclude=train,
+                cutoffs=(metric.cutoff,),
+                mode=metric.mode,
+                progress=False,
+            )
+        else:
+            result = evaluate(
+                model,
+                valid,
+                cutoffs=(metric.cutoff,),
+                mode=metric.mode,
+                batch_size=eval_batch_size,
+                progress=False,
+            )
         return float(result[metric.key])
 
     def objective(trial: optuna.Trial) -> float:
@@ -125,7 +141,8 @@ def model_objective(
         n_epochs = int(getattr(model_params, "n_epochs", 1))
         last: dict[int, float] = {}
 
-        def after_epoch(stats: EpochStats) -> None:
+        def after_epoch(record: EpochStats | dict[str, Any]) -> None:
+            stats = as_epoch_stats(record)
             if not evaluate_every_epoch and stats.epoch < n_epochs:
                 return
             value = score(model)

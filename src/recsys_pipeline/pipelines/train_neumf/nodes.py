@@ -127,17 +127,21 @@ def evaluate_ncf(
 
 
 def evaluate_time(
-    model: NeuMF, train: pl.DataFrame, test: pl.DataFrame, settings: dict[str, Any]
+    model: Any,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    settings: dict[str, Any],
+    name: str = "neumf",
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
-    """Global time split, test: full ranking minus the user's training items; NeuMF,
-    popularity and item co-occurrence (unknown users and items dropped, counted)."""
+    """Global time split, test: full ranking minus the user's training items; the model (as
+    ``name``), popularity and item co-occurrence (unknown users and items dropped, counted)."""
     candidates = {
-        "neumf": model,
+        name: model,
         "popularity": UserPopularity().fit(train),
         "cooccurrence": UserCooccurrence().fit(train),
     }
     metrics = {}
-    for name, candidate in candidates.items():
+    for label, candidate in candidates.items():
         full = full_ranking(
             candidate,
             test,
@@ -146,6 +150,6 @@ def evaluate_time(
             mode=settings["mode"],
             progress=False,
         )
-        metrics[name] = _metrics(full)
-        logger.info("%-12s %s", name, full.label())
+        metrics[label] = _metrics(full)
+        logger.info("%-12s %s", label, full.label())
     return metrics, _tracked(metrics)

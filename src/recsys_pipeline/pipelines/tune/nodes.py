@@ -13,6 +13,7 @@ import torch
 
 from recsys_pipeline.models.registry import kinds, model_class, resolve_params
 from recsys_pipeline.pipelines.train import nodes as train
+from recsys_pipeline.pipelines.train_neumf import nodes as user_item
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning import (
     Metric,
@@ -50,6 +51,7 @@ _SETTINGS = {
     "grace_period",
     "num_threads",
     "enqueue_defaults",
+    "splits",
 }
 
 
@@ -60,9 +62,8 @@ def _base_params(tune: dict[str, Any], parameters: dict[str, Any]) -> dict[str, 
     if unknown:
         raise TuningError(f"unknown tune setting(s) {unknown}; valid: {sorted(_SETTINGS)}")
     kind, dataset = tune["model"], tune["dataset"]
-    tunable = kinds("next_item")
-    if kind not in tunable:
-        raise TuningError(f"tune.model must be one of {tunable}, got {kind!r}")
+    if kind not in kinds():
+        raise TuningError(f"tune.model must be one of {kinds()}, got {kind!r}")
     block = parameters.get(kind) or {}
     if "defaults" not in block and dataset not in block:
         raise TuningError(
@@ -71,6 +72,8 @@ def _base_params(tune: dict[str, Any], parameters: dict[str, Any]) -> dict[str, 
         )
     base = resolve_params(block, dataset) | dict(tune.get("fixed") or {})
     base.pop("num_threads", None)
+    if base.pop("pretrain", False):  # a recipe of train_neumf, not a model parameter
+        logger.warning("%s.pretrain is not used by tune: trials train the model directly", kind)
     try:
         model_class(kind).params_class.from_dict(base)
     except ValueError as err:
@@ -270,8 +273,13 @@ def evaluate_final(
     evaluation: dict[str, Any],
     tune: dict[str, Any],
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
-    """The final model on ``test`` next to the baselines, as the training template does."""
-    return train.evaluate_models(model, train_full, test, evaluation, kind=tune["model"])
+    """The final model on ``test`` next to the baselines, as the training templates do: the
+    session evaluation for next-item models, the user-based full ranking (training items left
+    out) with popularity and co-occurrence for user-item models."""
+    kind = tune["model"]
+    if model.task == "user_item":
+        return user_item.evaluate_time(model, train_full, test, evaluation, name=kind)
+    return train.evaluate_models(model, train_full, test, evaluation, kind=kind)
 
 
 def report_final(
