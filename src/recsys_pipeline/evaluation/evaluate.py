@@ -59,7 +59,13 @@ from recsys_pipeline.models.base import NextItemModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "EvalStreams", "evaluate", "prepare_streams"]
+__all__ = [
+    "EvalStreams",
+    "EvaluationResult",
+    "evaluate",
+    "item_index_map",
+    "prepare_streams",
+]
 
 
 class EvaluationResult(dict[str, float]):
@@ -123,7 +129,7 @@ class EvalStreams:
         return np.flatnonzero(self.is_target)
 
 
-def _item_map(item_ids: np.ndarray, dtype: pl.DataType, item_key: str) -> pl.DataFrame:
+def item_index_map(item_ids: np.ndarray, dtype: pl.DataType, item_key: str) -> pl.DataFrame:
     """Frame ``{item_key: raw id (cast to dtype), "_idx": model index}``."""
     values = item_ids.tolist() if item_ids.dtype == object else item_ids
     raw = pl.Series(item_key, values)
@@ -189,7 +195,7 @@ def prepare_streams(
     for col in (session_key, item_key, time_key) + ((user_column,) if user_column else ()):
         if col not in test.columns:
             raise ValueError(f"test frame has no column {col!r} (columns: {test.columns})")
-    mapping = _item_map(np.asarray(item_ids), test.schema[item_key], item_key)
+    mapping = item_index_map(np.asarray(item_ids), test.schema[item_key], item_key)
     cols = [session_key, item_key, time_key] + ([user_column] if user_column else [])
     df = test.select(cols).with_row_index("_row")
     known = _known(df, mapping, item_key)
@@ -217,7 +223,7 @@ def prepare_streams(
                     raise ValueError(f"warmup frame has no column {col!r}")
             w = warmup.select(user_column, item_key, time_key).with_row_index("_row")
             w = w.join(test_part.select(user_column).unique(), on=user_column, how="semi")
-            w_mapping = _item_map(np.asarray(item_ids), w.schema[item_key], item_key)
+            w_mapping = item_index_map(np.asarray(item_ids), w.schema[item_key], item_key)
             w = _known(w, w_mapping, item_key)
             w = w.sort([user_column, time_key, "_row"]).select(
                 pl.col(user_column).cast(test_part.schema[user_column]),

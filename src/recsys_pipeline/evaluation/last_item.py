@@ -89,13 +89,13 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from recsys_pipeline.evaluation.evaluate import EvaluationResult, _item_map
+from recsys_pipeline.evaluation.evaluate import EvaluationResult, item_index_map
 from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
-from recsys_pipeline.evaluation.ranking import _score_checked, batch_ranks, seen_before
+from recsys_pipeline.evaluation.ranking import batch_ranks, score_checked, seen_before
 from recsys_pipeline.evaluation.user_ranking import candidate_ranks, sampled_metric_names
 from recsys_pipeline.models.base import NextItemModel
 from recsys_pipeline.training.sequences import SequenceBatch, last_item_inputs
-from recsys_pipeline.training.session_iterator import SessionData, _event_seconds
+from recsys_pipeline.training.session_iterator import SessionData, event_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def prepare(
         .join(users_with_target, on=user_key, how="semi")
         .sort([user_key, "_part", time_key, "_row"])
     )
-    mapping = _item_map(np.asarray(item_ids), events.schema[item_key], item_key)
+    mapping = item_index_map(np.asarray(item_ids), events.schema[item_key], item_key)
     events = events.join(mapping, on=item_key, how="left", maintain_order="left")
 
     user = events.select(pl.col(user_key).rle_id()).to_series().to_numpy().astype(np.int64)
@@ -294,7 +294,7 @@ def prepare(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     times = None
     if with_times:
-        times = _event_seconds(events[time_key].filter(pl.Series(keep)))
+        times = event_seconds(events[time_key].filter(pl.Series(keep)))
         if times is None:
             logger.warning("column %r is not readable as seconds: no times", time_key)
     first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else user
@@ -712,7 +712,7 @@ def _candidate_scores(
     out = None
     for a in range(0, n_items, chunk):
         b = min(a + chunk, n_items)
-        s = _score_checked(model, query, a, b, n_rows)
+        s = score_checked(model, query, a, b, n_rows)
         s = s if rows is None else s[rows]
         inside = (candidates >= a) & (candidates < b)
         values = s.gather(1, (candidates - a).clamp(0, b - a - 1))

@@ -11,12 +11,21 @@ import torch
 from recsys_pipeline.evaluation.metrics import count_higher_equal, rank_from_counts
 from recsys_pipeline.models.base import NextItemModel
 
-__all__ = ["batch_ranks", "seen_before"]
+__all__ = [
+    "batch_ranks",
+    "score_checked",
+    "seen_before",
+]
 
 
-def _score_checked(
+def score_checked(
     model: NextItemModel, query: object, start: int, stop: int, n_rows: int
 ) -> torch.Tensor:
+    """``model.score(query, start, stop)``, checked to be ``[n_rows, stop - start]``.
+
+    Raises:
+        ValueError: the model returned another shape.
+    """
     scores = model.score(query, start, stop)
     if scores.dim() != 2 or scores.shape[0] != n_rows or scores.shape[1] != stop - start:
         raise ValueError(
@@ -45,7 +54,7 @@ def batch_ranks(
     need_equal = mode != "standard"
 
     def scores_of(start: int, stop: int) -> torch.Tensor:
-        s = _score_checked(model, query, start, stop, n_rows)
+        s = score_checked(model, query, start, stop, n_rows)
         return s if rows is None else s[rows]
 
     if chunk >= n_items:

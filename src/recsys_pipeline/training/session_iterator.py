@@ -30,6 +30,7 @@ __all__ = [
     "SessionBatch",
     "SessionData",
     "SessionParallelIterator",
+    "event_seconds",
     "plan_epoch",
     "sessions_from_frame",
 ]
@@ -129,7 +130,7 @@ def sessions_from_frame(
     offsets = np.r_[starts, len(items)].astype(np.int64)
     time_column = events.get_column(time_key)
     times = time_column.to_physical().to_numpy()
-    seconds = None if with_times is False else _event_seconds(time_column)
+    seconds = None if with_times is False else event_seconds(time_column)
     if seconds is None and with_times:
         raise ValueError(
             f"with_times=True but column {time_key!r} ({time_column.dtype}) is not numeric or "
@@ -144,7 +145,7 @@ def sessions_from_frame(
     )
 
 
-def _event_seconds(column: pl.Series) -> np.ndarray | None:
+def event_seconds(column: pl.Series) -> np.ndarray | None:
     """``column`` as whole seconds ``[N]`` int64, or ``None`` if it has no such reading."""
     if column.null_count():
         return None
