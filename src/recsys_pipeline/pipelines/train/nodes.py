@@ -26,7 +26,6 @@ from recsys_pipeline.serving.recommend import recommend  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("most_popular", "last_item_cooccurrence")
 #: per-epoch fields kept in the history report (when the model records them)
 HISTORY_FIELDS = ("epoch", "loss", "seconds", "batches_per_s", "targets_per_s", "valid_metric")
 
