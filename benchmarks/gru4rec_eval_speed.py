@@ -54,9 +54,9 @@ from gru4rec_train_speed import (
     ROOT,
     add_official_options,
     extract_baseline,
+    launch_child,
     official_unavailable,
     run_official,
-    run_process,
     synthetic_tsv,
 )
 
@@ -131,12 +131,7 @@ def measure(
             "--threads", str(threads), "--seed", str(args.seed), "--mode", args.mode,
             "--batch-size", str(args.batch_size),
         ]  # fmt: skip
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
-        text, rss = run_process(cmd, env, ROOT)
-        line = next(x for x in text.splitlines() if x.startswith("RESULT "))
-        result = json.loads(line[len("RESULT ") :])
-        result["peak_rss_gib"] = rss
+        result = launch_child(cmd, src)
     result.update(impl=impl, load_before=load_before, load_after=os.getloadavg()[0])
     return result
 

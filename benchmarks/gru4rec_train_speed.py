@@ -416,6 +416,12 @@ def measure_ours(
     ]  # fmt: skip
     if data["test"] is not None:
         cmd += ["--test", str(data["test"])]
+    return launch_child(cmd, src)
+
+
+def launch_child(cmd: list[str], src: Path) -> dict:
+    """Run a ``--run-child`` command with the package at ``src`` first on ``PYTHONPATH``; its
+    ``RESULT {json}`` line, plus the child's ``peak_rss_gib``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
     text, rss = run_process(cmd, env, ROOT)
