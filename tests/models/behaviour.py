@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from recsys_pipeline.evaluation import evaluate
-from recsys_pipeline.models.base import NextItemModel
+from recsys_pipeline.models.base import EncoderStepAdapter, NextItemModel, SequenceEncoder
 from recsys_pipeline.serving.recommend import recommend
 
 
@@ -64,6 +64,11 @@ def successor_raw(n_items: int) -> dict[int, int]:
     """Raw id -> raw id of its successor in :func:`successor_sessions`."""
     perm = np.random.default_rng(12345).permutation(n_items)
     return {int(4000 + perm[i]): int(4000 + perm[(i + 1) % n_items]) for i in range(n_items)}
+
+
+def stepper(model: Any) -> NextItemModel:
+    """The step path of ``model``: itself, or an encoder's :class:`EncoderStepAdapter`."""
+    return model if isinstance(model, NextItemModel) else EncoderStepAdapter(model)
 
 
 class NextItemModelBehaviour(abc.ABC):
@@ -108,11 +113,12 @@ class NextItemModelBehaviour(abc.ABC):
 
     # ------------------------------------------------------------------ tests
     def test_implements_protocol(self, model: NextItemModel, data) -> None:
-        assert isinstance(model, NextItemModel)
+        assert isinstance(model, (NextItemModel, SequenceEncoder))
         assert model.n_items == len(model.item_ids) == self.n_items
         assert set(np.asarray(model.item_ids).tolist()) == set(data[0]["ItemId"].to_list())
         items = torch.arange(3, device=model.device)
-        query, _ = model.step(items, model.initial_state(3))
+        step = stepper(model)
+        query, _ = step.step(items, step.initial_state(3))
         assert tuple(model.score(query, 0, model.n_items).shape) == (3, model.n_items)
         assert tuple(model.score(query).shape) == (3, model.n_items)
 
@@ -142,7 +148,8 @@ class NextItemModelBehaviour(abc.ABC):
     def test_chunked_scores_match(self, model: NextItemModel) -> None:
         n = model.n_items
         items = torch.tensor([0, 3, n - 1], device=model.device)
-        query, _ = model.step(items, model.initial_state(3))
+        step = stepper(model)
+        query, _ = step.step(items, step.initial_state(3))
         full = model.score(query, 0, n)
         parts = torch.cat([model.score(query, a, min(a + 7, n)) for a in range(0, n, 7)], dim=1)
         torch.testing.assert_close(parts, full)
@@ -158,6 +165,7 @@ class NextItemModelBehaviour(abc.ABC):
         loaded = self.save_and_load(model, tmp_path / "model.bin")
         assert np.array_equal(np.asarray(loaded.item_ids), np.asarray(model.item_ids))
         items = torch.arange(min(5, model.n_items), device=model.device)
+        model, loaded = stepper(model), stepper(loaded)
         q1, s1 = model.step(items, model.initial_state(len(items)))
         q1, _ = model.step(items.flip(0), s1)
         q2, s2 = loaded.step(items.to(loaded.device), loaded.initial_state(len(items)))

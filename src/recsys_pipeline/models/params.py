@@ -49,11 +49,17 @@ def checked_hints(cls: type, values: typing.Mapping[str, Any], model: str) -> di
 
 def convert_value(model: str, name: str, value: Any, hint: Any) -> Any:
     """``value`` (typed, or a string as in a parameter string) as the type ``hint`` of field
-    ``name``: bool, int, float, str or a list of ints (``"256/128"``).
+    ``name``: bool, int, float, str or a list of ints (``"256/128"``); an optional field
+    (``int | None``, ...) also takes ``None`` or the strings ``none`` / ``null``.
 
     Raises:
         ValueError: the value does not convert; the message names the model and field.
     """
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:  # X | None
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        hint = next(a for a in args if a is not type(None))
     try:
         if hint is bool:
             return _as_bool(value)

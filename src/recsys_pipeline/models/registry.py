@@ -47,6 +47,7 @@ __all__ = [
 BUILTIN: dict[str, str] = {
     "gru4rec": "recsys_pipeline.models.gru4rec:GRU4Rec",
     "neumf": "recsys_pipeline.models.neumf:NeuMF",
+    "sasrec": "recsys_pipeline.models.sasrec:SASRec",
 }
 
 _REGISTERED: dict[str, type[Recommender]] = {}

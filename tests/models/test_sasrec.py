@@ -1,0 +1,306 @@
+"""SASRec: faithfulness to the original TensorFlow code (an independent re-statement of its
+forward pass below), the flaws of popular ports, the shared behavioural tests, training
+options, persistence and fine-tuning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_pipeline.evaluation.last_item import evaluate_last_item
+from recsys_pipeline.models import registry
+from recsys_pipeline.models import sasrec as sasrec_module
+from recsys_pipeline.models.base import EncoderStepAdapter, SequenceEncoder
+from recsys_pipeline.models.sasrec import SASRec, SASRecNet, SASRecParams
+from recsys_pipeline.training.sequences import PAD, SequenceBatch
+from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
+
+
+def _random_net(params: SASRecParams, n_items: int = 40, seed: int = 0) -> SASRecNet:
+    """A network with every parameter random (layer-norm gains and biases too), so that a
+    misplaced normalisation or a missing scale changes the output."""
+    torch.manual_seed(seed)
+    net = SASRecNet(n_items, params)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        net.item_emb.weight[0].zero_()
+    return net.eval()
+
+
+def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-8) * norm.weight + norm.bias
+
+
+def _tf_forward(net: SASRecNet, items: np.ndarray, norm_first: bool = True) -> torch.Tensor:
+    """kang205/SASRec's forward pass, re-stated from its TensorFlow code with explicit loops:
+    ``items [B, maxlen]`` 1-based ids, 0 = padding on the left; returns ``[B, maxlen, D]``."""
+    seq_ids = torch.as_tensor(items, dtype=torch.long)
+    b, n = seq_ids.shape
+    d = net.item_emb.embedding_dim
+    seq = net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)]
+    mask = (seq_ids != 0).float().unsqueeze(-1)
+    seq = seq * mask
+    big = -(2.0**32) + 1
+    for block in net.blocks:
+        heads = block.attn.heads
+        queries = _layer_norm(seq, block.attn_norm) if norm_first else seq
+        q = queries @ block.attn.q.weight.T + block.attn.q.bias
+        k = seq @ block.attn.k.weight.T + block.attn.k.bias  # keys: the raw input
+        v = seq @ block.attn.v.weight.T + block.attn.v.bias
+        outs = []
+        for h in range(heads):
+            part = slice(h * d // heads, (h + 1) * d // heads)
+            w = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(d // heads)
+            key_mask = torch.sign(seq.sum(-1).abs()).unsqueeze(1).expand_as(w)
+            w = torch.where(key_mask == 0, torch.full_like(w, big), w)
+            causal = torch.ones(n, n).tril().expand_as(w)
+            w = torch.where(causal == 0, torch.full_like(w, big), w)
+            w = torch.softmax(w, -1)
+            outs.append(w @ v[..., part])
+        attended = torch.cat(outs, -1) + queries  # residual from the (normalised) query
+        if norm_first:
+            h = _layer_norm(attended, block.ffn_norm)
+            f = F.relu(h @ block.ffn.inner.weight.T + block.ffn.inner.bias)
+            seq = (f @ block.ffn.outer.weight.T + block.ffn.outer.bias + h) * mask
+        else:  # post-LN
+            h = _layer_norm(attended, block.attn_norm)
+            f = F.relu(h @ block.ffn.inner.weight.T + block.ffn.inner.bias)
+            seq = _layer_norm(
+                f @ block.ffn.outer.weight.T + block.ffn.outer.bias + h, block.ffn_norm
+            )
+            seq = seq * mask
+    return _layer_norm(seq, net.last_norm)
+
+
+def _left_padded(rows: list[list[int]], width: int) -> np.ndarray:
+    """0-based item indices, left padded with PAD to ``width``."""
+    out = np.full((len(rows), width), PAD, dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, width - len(row) :] = row
+    return out
+
+
+ROWS = [[3, 7, 1, 22, 5, 9], [11, 2], [4, 4, 30, 8, 8, 19, 0, 2], [17]]
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_forward_is_the_tensorflow_one(norm_first: bool, heads: int) -> None:
+    params = SASRecParams(maxlen=8, hidden_units=12, num_blocks=2, num_heads=heads,
+                          norm_first=norm_first, device="cpu")  # fmt: skip
+    net = _random_net(params)
+    items = _left_padded(ROWS, 8)
+    with torch.no_grad():
+        ours = net(torch.as_tensor(items))
+        reference = _tf_forward(net, items + 1, norm_first)
+    real = torch.as_tensor(items >= 0)
+    torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=1e-5)
+    assert torch.all(ours[~real] == 0)  # padding outputs are zero
+
+
+def test_a_port_flaw_is_detected_by_the_reference() -> None:
+    """The re-stated forward is sharp: keys normalised like the query (a pre-LN port), or the
+    item embedding left unscaled, give other outputs."""
+    params = SASRecParams(maxlen=8, hidden_units=12, num_blocks=1, device="cpu")
+    net = _random_net(params)
+    items = _left_padded(ROWS, 8)
+    with torch.no_grad():
+        ours = net(torch.as_tensor(items))
+        block = net.blocks[0]
+        original = block.attn.forward
+        block.attn.forward = lambda q, k, allowed: original(q, block.attn_norm(k), allowed)
+        all_normalised = net(torch.as_tensor(items))
+        block.attn.forward = original
+        net.item_emb.weight.mul_(1 / math.sqrt(12))  # as if the sqrt(d) scaling were missing
+        unscaled_reference = _tf_forward(net, items + 1)
+    real = torch.as_tensor(items >= 0)
+    assert not torch.allclose(ours[real], all_normalised[real], atol=1e-3)
+    assert not torch.allclose(ours[real], unscaled_reference[real], atol=1e-3)
+
+
+def test_causal_a_future_item_never_changes_a_past_output() -> None:
+    net = _random_net(SASRecParams(maxlen=8, hidden_units=12, num_heads=2, device="cpu"))
+    base = torch.as_tensor(_left_padded([[3, 7, 1, 22, 5, 9, 14, 2]], 8))
+    with torch.no_grad():
+        out = net(base)
+        for t in range(7):
+            changed = base.clone()
+            changed[0, t + 1 :] = torch.randint(0, 40, (7 - t,))
+            again = net(changed)
+            torch.testing.assert_close(again[0, : t + 1], out[0, : t + 1])
+            assert not torch.allclose(again[0, t + 1 :], out[0, t + 1 :])
+
+
+def test_padding_is_never_attended_nor_attends() -> None:
+    """A row's outputs do not depend on how much padding the batch adds (pmixer's port lets
+    real positions attend the padding through the key/value biases) nor on what the other
+    rows hold; positions count from the last item."""
+    net = _random_net(SASRecParams(maxlen=10, hidden_units=12, device="cpu"))
+    row = [5, 9, 13, 2]
+    with torch.no_grad():
+        alone = net(torch.as_tensor(_left_padded([row], 4)))
+        padded = net(torch.as_tensor(_left_padded([row, [1] * 10], 10)))
+    torch.testing.assert_close(padded[0, -4:], alone[0])
+    assert torch.all(padded[0, :-4] == 0)
+
+
+def _sequences(n_users: int, n_items: int, seed: int) -> pl.DataFrame:
+    """Users with random item sequences (lengths 3..12), columns UserId, ItemId, Time."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 13, n_users)
+    users = np.repeat(np.arange(n_users), lengths)
+    items = rng.integers(0, n_items, lengths.sum()) + 100
+    return pl.DataFrame({"UserId": users, "ItemId": items, "Time": np.arange(len(items))})
+
+
+def test_bce_negatives_are_outside_the_users_training_items(monkeypatch) -> None:
+    """The original draws each negative among the items the user never interacted with; a
+    plain uniform draw (pmixer's ``random_neq`` aside, several ports) hits them often here:
+    users hold up to 12 of 15 items."""
+    train = _sequences(60, 15, seed=3)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = sasrec_module.uniform_negatives_excluding
+
+    def spy(n_items, shape, user_items, generator=None, *, users=None, **kwargs):
+        ids = original(n_items, shape, user_items, generator, users=users, **kwargs)
+        seen.append((users.clone(), ids.clone()))
+        return ids
+
+    monkeypatch.setattr(sasrec_module, "uniform_negatives_excluding", spy)
+    model = SASRec(SASRecParams(maxlen=6, hidden_units=8, num_epochs=2, batch_size=16,
+                                device="cpu")).fit(train, progress=False)  # fmt: skip
+    users = {u: set(g["ItemId"].to_list()) for (u,), g in train.group_by("UserId")}
+    index = {int(raw): i for i, raw in enumerate(model.item_ids)}
+    sequence_user = sorted(users)  # sequences are ordered by user id
+    checked = 0
+    for rows, ids in seen:
+        for r, negatives in zip(rows.tolist(), ids.tolist(), strict=True):
+            own = {index[i] for i in users[sequence_user[r]]}
+            assert not own & set(negatives)
+            checked += len(negatives)
+    assert checked > 500
+
+
+class TestSASRecBehaviour(NextItemModelBehaviour):
+    min_recall_at_1 = 0.9
+    batch_tolerance = 1e-6
+
+    def make_model(self, train: pl.DataFrame) -> SASRec:
+        torch.set_num_threads(1)
+        params = SASRecParams(maxlen=8, hidden_units=32, num_epochs=25, lr=0.01,
+                              dropout_rate=0.1, loss="ce", device="cpu")  # fmt: skip
+        return SASRec(params).fit(train, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce", "sampled_softmax"])
+def test_every_loss_learns_the_successor(loss: str) -> None:
+    torch.set_num_threads(1)
+    train = successor_sessions(30, 300, seed=1)
+    test = successor_sessions(30, 60, seed=2, first_session_id=10**6)
+    params = SASRecParams(maxlen=8, hidden_units=32, num_epochs=20, lr=0.01, dropout_rate=0.1,
+                          loss=loss, n_negatives=8, device="cpu")  # fmt: skip
+    model = SASRec(params).fit(train, progress=False)
+    assert model.history[-1].loss < model.history[0].loss
+    result = evaluate_last_item(model, test, user_key="SessionId", exclude_history=False)
+    assert result["recall@1"] > 0.5, (loss, dict(result))
+
+
+def test_popularity_negatives_with_logq_train() -> None:
+    train = successor_sessions(30, 200, seed=1)
+    params = SASRecParams(maxlen=8, hidden_units=16, num_epochs=3, lr=0.01, device="cpu",
+                          loss="sampled_softmax", negatives="popularity", alpha=0.75,
+                          logq=True, temperature=0.5, n_negatives=8)  # fmt: skip
+    model = SASRec(params).fit(train, progress=False)
+    losses = [h.loss for h in model.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_validation_early_stopping_and_best_epoch_restore() -> None:
+    train = successor_sessions(30, 200, seed=1).rename({"SessionId": "UserId"})
+    last = train.group_by("UserId").agg(pl.all().last())
+    rest = train.join(last, on=["UserId", "ItemId", "Time"], how="anti")
+    params = SASRecParams(maxlen=8, hidden_units=16, num_epochs=40, lr=0.05, patience=2,
+                          dropout_rate=0.0, loss="ce", device="cpu")  # fmt: skip
+    model = SASRec(params).fit(rest, valid=last, progress=False)
+    metrics = [h.valid_metric for h in model.history]
+    assert all(m is not None for m in metrics)
+    assert model.best_epoch == int(np.argmax(metrics)) + 1
+    assert len(model.history) < 40  # stopped early
+    again = evaluate_last_item(model, rest.rename({"UserId": "SessionId"}),
+                               targets=last.rename({"UserId": "SessionId"}), cutoffs=(10,),
+                               user_key="SessionId")  # fmt: skip
+    assert again["ndcg@10"] == pytest.approx(max(metrics))  # the best epoch's weights
+
+
+def test_registry_save_load_recommend_and_fine_tune(tmp_path) -> None:
+    train = successor_sessions(30, 200, seed=1)
+    model = registry.create_model("sasrec", {"maxlen": 6, "hidden_units": 16, "num_epochs": 4,
+                                             "lr": 0.01, "device": "cpu"})  # fmt: skip
+    model.fit(train, progress=False)
+    assert isinstance(model, SequenceEncoder)
+    folder = model.save(tmp_path / "sasrec")
+    loaded = registry.load_model(folder)
+    assert isinstance(loaded, SASRec) and loaded.params == model.params
+    sessions = [model.item_ids[:3].tolist(), model.item_ids[7:8].tolist()]
+    np.testing.assert_array_equal(loaded.recommend(sessions, k=5).items,
+                                  model.recommend(sessions, k=5).items)  # fmt: skip
+    batch = SequenceBatch.from_numpy(_left_padded([[1, 2, 3], [4]], 3), np.array([3, 1]),
+                                     np.full((2, 3), PAD), None, None, "left")  # fmt: skip
+    torch.testing.assert_close(loaded.encode(batch, last_only=True),
+                               model.encode(batch, last_only=True))  # fmt: skip
+    # fine-tuning with two new items: the table grows, old rows keep their indices
+    new = successor_sessions(30, 40, seed=5).with_columns(
+        pl.when(pl.col("ItemId") == pl.col("ItemId").max())
+        .then(99_001)
+        .otherwise(pl.col("ItemId"))
+        .alias("ItemId")
+    )
+    new = pl.concat([new, pl.DataFrame({"SessionId": [10**7] * 3, "ItemId": [99_002, 99_001,
+                                        int(model.item_ids[0])], "Time": [1, 2, 3]})])  # fmt: skip
+    before = loaded.net.item_emb.weight.detach().clone()
+    loaded.fine_tune(new, n_epochs=2, progress=False)
+    assert loaded.n_items == 32 and loaded.item_ids[-2:].tolist() == [99_001, 99_002]
+    assert loaded.net.item_emb.weight.shape[0] == 33
+    assert [h["epoch"] if isinstance(h, dict) else h.epoch for h in loaded.history] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert not torch.equal(loaded.net.item_emb.weight[:31].detach(), before)  # trained on
+    assert torch.all(loaded.net.item_emb.weight[0] == 0)  # padding row stays zero
+    top = loaded.recommend([[99_002, 99_001]], k=3)
+    assert top.items.shape == (1, 3)
+
+
+def test_batched_ranks_equal_the_step_adapter() -> None:
+    """The batched last-item evaluation and the step path give the same ranks (positions count
+    from the end, so every target is encoded with exactly its window)."""
+    train = successor_sessions(30, 150, seed=1)
+    test = successor_sessions(30, 40, seed=2, first_session_id=10**6, max_len=14)
+    model = SASRec(SASRecParams(maxlen=6, hidden_units=16, num_epochs=2, device="cpu"))
+    model.fit(train, progress=False)
+    batched = evaluate_last_item(model, test, user_key="SessionId", return_ranks=True)
+    step = evaluate_last_item(EncoderStepAdapter(model), test, user_key="SessionId",
+                              return_ranks=True)  # fmt: skip
+    assert batched.path == "batched" and step.path == "step"
+    np.testing.assert_array_equal(batched.ranks, step.ranks)
+
+
+def test_bad_parameters_are_named() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        SASRecParams(hidden_units=50, num_heads=3)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        SASRecParams(loss="bpr")
+    with pytest.raises(ValueError, match="unknown|valid"):
+        SASRecParams.from_dict({"hidden_size": 3})
