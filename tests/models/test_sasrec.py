@@ -210,7 +210,7 @@ def test_every_loss_learns_the_successor(loss: str) -> None:
     model = SASRec(params).fit(train, progress=False)
     assert model.history[-1].loss < model.history[0].loss
     result = evaluate_last_item(model, test, user_key="SessionId", exclude_history=False)
-    assert result["recall@1"] > 0.5, (loss, dict(result))
+    assert result["recall@5"] >= 0.9, (loss, dict(result))  # chance: 5 / 30
 
 
 def test_popularity_negatives_with_logq_train() -> None:

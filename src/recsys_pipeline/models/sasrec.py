@@ -189,6 +189,35 @@ class SASRecParams(ModelParams):
 # ------------------------------------------------------------------------------ the network
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the real positions of a left-padded batch ``[B, L]`` are: the network computes
+    every per-position layer (embeddings, layer norms, projections, feed-forward, dropout) on
+    the ``T`` real positions only (``[T, D]``; with short sequences most of a batch is
+    padding) and lays them out as ``[B, L, D]`` only for the attention product.
+
+    Attributes:
+        index: ``[T]`` flat positions ``b * L + c`` of the real tokens, row-major.
+        batch: ``B``; length: ``L``.
+        allowed: ``[B, 1, L, L]`` bool: query row may attend key column (causal, real keys;
+            the diagonal keeps a padding row from having no key at all).
+    """
+
+    index: torch.Tensor
+    batch: int
+    length: int
+    allowed: torch.Tensor
+
+    def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
+        flat = tokens.new_zeros(self.batch * self.length, tokens.shape[-1])
+        return flat.index_copy(0, self.index, tokens).view(self.batch, self.length, -1)
+
+    def gather(self, padded: torch.Tensor) -> torch.Tensor:
+        """``[B, L, F]`` -> ``[T, F]``."""
+        return padded.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+
 class _Attention(nn.Module):
     """TF ``multihead_attention``: Q, K, V projections with bias, scaled dot product, heads
     concatenated, no output projection."""
@@ -200,24 +229,16 @@ class _Attention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
 
-    def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor
-    ) -> torch.Tensor:
-        """``query``, ``keys`` ``[B, L, D]``; ``allowed`` ``[B, 1, L, L]`` bool (query row may
-        attend key column) -> ``[B, L, D]``."""
-        b, length, dim = query.shape
-
-        def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, H, L, D / H]
-            return x.view(b, length, self.heads, dim // self.heads).transpose(1, 2)
-
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """``query``, ``keys`` ``[T, D]`` (real positions) -> ``[T, D]``."""
+        dim = query.shape[-1]
+        qkv = torch.cat([self.q(query), self.k(keys), self.v(keys)], dim=-1)  # [T, 3D]
+        padded = layout.scatter(qkv).view(layout.batch, layout.length, 3, self.heads, -1)
+        q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D / H]
         out = F.scaled_dot_product_attention(
-            split(self.q(query)),
-            split(self.k(keys)),
-            split(self.v(keys)),
-            attn_mask=allowed,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return out.transpose(1, 2).reshape(b, length, dim)
+            q, k, v, attn_mask=layout.allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, L, D / H]
+        return layout.gather(out.transpose(1, 2).reshape(layout.batch, layout.length, dim))
 
 
 class _FeedForward(nn.Module):
@@ -246,14 +267,14 @@ class _Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
         self.ffn = _FeedForward(dim, dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``x [B, L, D]``, ``allowed [B, 1, L, L]``, ``valid [B, L, 1]`` float -> ``[B, L, D]``."""
+    def forward(self, x: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """``x [T, D]`` (real positions) -> ``[T, D]``."""
         if self.norm_first:
             q = self.attn_norm(x)
-            h = self.ffn_norm(q + self.attn(q, x, allowed))
-            return (h + self.ffn(h)) * valid
-        h = self.attn_norm(x + self.attn(x, x, allowed))
-        return self.ffn_norm(h + self.ffn(h)) * valid
+            h = self.ffn_norm(q + self.attn(q, x, layout))
+            return h + self.ffn(h)
+        h = self.attn_norm(x + self.attn(x, x, layout))
+        return self.ffn_norm(h + self.ffn(h))
 
 
 class SASRecNet(nn.Module):
@@ -263,6 +284,8 @@ class SASRecNet(nn.Module):
     row ``i + 1``. ``pos_emb`` has ``maxlen`` rows; column ``c`` of a left-padded batch of width
     ``L`` gets position ``maxlen - L + c``, so the last item is always at position
     ``maxlen - 1`` whatever the batch width (the reference pads every row to ``maxlen``).
+    Padding positions are never computed (their outputs are zero), which equals the
+    reference's zeroing of padding rows after every block.
     """
 
     def __init__(self, n_items: int, params: SASRecParams) -> None:
@@ -300,23 +323,24 @@ class SASRecNet(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Left-padded item indices ``[B, L]`` (:data:`PAD` = -1, ``L <= maxlen``) -> the
         output per position ``[B, L, D]`` (zero at padding)."""
-        length = items.shape[1]
+        batch, length = items.shape
         if length > self.maxlen:
             raise ValueError(f"sequence width {length} > maxlen {self.maxlen}")
-        valid = (items >= 0).unsqueeze(-1)  # [B, L, 1]
+        valid = items >= 0  # [B, L]
+        device = items.device
+        eye = torch.eye(length, dtype=torch.bool, device=device)
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        allowed = ((causal & valid.unsqueeze(1)) | eye).unsqueeze(1)  # [B, 1, L, L]
+        index = valid.reshape(-1).nonzero().squeeze(1)  # [T]
+        layout = _Layout(index, batch, length, allowed)
+        tokens = items.reshape(-1).index_select(0, index)  # [T]
+        positions = index % length + (self.maxlen - length)  # [T], last column = maxlen - 1
         scale = math.sqrt(self.item_emb.embedding_dim)
-        positions = torch.arange(self.maxlen - length, self.maxlen, device=items.device)
-        x = self.item_emb(items + 1) * scale + self.pos_emb(positions)  # [B, L, D]
-        mask = valid.to(x.dtype)
-        x = self.emb_drop(x) * mask
-        # [B, 1, L, L]: causal, real keys only; the diagonal keeps a padding row from having no
-        # key at all (its output is zeroed anyway, and no real row attends it)
-        eye = torch.eye(length, dtype=torch.bool, device=items.device)
-        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
-        allowed = ((causal & valid.transpose(1, 2)) | eye).unsqueeze(1)
+        x = self.item_emb(tokens + 1) * scale + self.pos_emb(positions)  # [T, D]
+        x = self.emb_drop(x)
         for block in self.blocks:
-            x = block(x, allowed, mask)
-        return self.last_norm(x) * mask
+            x = block(x, layout)
+        return layout.scatter(self.last_norm(x))
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Embeddings ``[stop - start, D]`` of item indices ``start .. stop - 1``."""
@@ -494,7 +518,13 @@ class SASRec(Recommender):
         progress: bool,
     ) -> None:
         p, net, device = self.params, self._network(), self.device
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8)
+        optimizer = torch.optim.Adam(
+            net.parameters(),
+            lr=lr,
+            betas=(0.9, 0.98),
+            eps=1e-8,
+            fused=device.type in ("cpu", "cuda") or None,  # one kernel: 4x faster on CPU
+        )
         if optimizer_state is not None:
             _load_optimizer_state(net, optimizer, optimizer_state)
         batcher = SequenceBatcher(
