@@ -116,6 +116,8 @@ class SASRecParams(ModelParams):
         logq: ``sampled_softmax``: subtract the log sampling probability (logQ correction).
         label_smoothing: ``ce``: torch's label smoothing.
         norm_first: ``True``: the original query-only pre-LN block; ``False``: post-LN.
+        bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
+            faster; changes which sequences share a batch); 0 = off, the reference's batches.
         patience: early stopping after this many epochs without a better validation metric
             (needs ``valid`` in :meth:`SASRec.fit`); ``None``: train all epochs.
         valid_metric: the validation metric (a key of the last-item evaluation, e.g.
@@ -145,6 +147,7 @@ class SASRecParams(ModelParams):
     logq: bool = False
     label_smoothing: float = 0.0
     norm_first: bool = True
+    bucket: int = 0
     patience: int | None = None
     valid_metric: str = "ndcg@10"
     seed: int = 42
@@ -176,6 +179,8 @@ class SASRecParams(ModelParams):
             errors.append("need lr > 0, l2_emb >= 0 and num_epochs >= 0")
         if not 0.0 <= self.label_smoothing <= 1.0:
             errors.append(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        if self.bucket < 0:
+            errors.append(f"bucket must be >= 0, got {self.bucket}")
         if self.patience is not None and self.patience < 1:
             errors.append(f"patience must be >= 1 or None, got {self.patience}")
         if errors:
@@ -536,6 +541,7 @@ class SASRec(Recommender):
             fixed_length=False,
             long="last",
             min_length=2,
+            bucket=p.bucket,
             seed=seed,
             device=device,
         )
