@@ -1,0 +1,178 @@
+"""Nodes of the training template on **user-sequence** datasets (``preprocess_sequences``):
+leave-one-out splits, the last-item protocol of the transformer papers.
+
+* training: the model trains on ``loo_train`` (each user's sequence without its last two items;
+  users with too few items wholly); with ``patience`` in its parameters it also gets
+  ``loo_valid`` (one item per user) for a per-epoch validation metric, early stopping and the
+  best epoch's weights.
+* evaluation (``params:sequence_evaluation``): per user, the test item is ranked after the
+  training items **and the validation item** (SASRec's and BERT4Rec's test input), for the
+  model and the most-popular and last-item co-occurrence baselines (fitted on the same
+  ``loo_train``), under every protocol of ``protocols``; every metric name carries its
+  protocol (:data:`PROTOCOL_LABELS`).
+
+Frames keep their ``UserId`` column on disk; models read a user's sequence as a session
+(``SessionId``), so the nodes rename it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import polars as pl
+
+from recsys_pipeline.evaluation.last_item import evaluate_last_item
+from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
+from recsys_pipeline.models.registry import create_model, resolve_params
+from recsys_pipeline.pipelines.train.nodes import HISTORY_FIELDS, epoch_history, run_params
+
+logger = logging.getLogger(__name__)
+
+#: protocol name -> prefix of its metric names
+PROTOCOL_LABELS = {
+    "full": "full_hist_excluded",  # all items ranked, the user's history excluded (default)
+    "full_with_history": "full_hist_included",  # all items ranked, nothing excluded
+    "sampled": "legacy",  # target vs sampled negatives (legacy; names sampled{n}_*)
+}
+_KEY = {"UserId": "SessionId"}
+
+
+def _sessions(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.rename(_KEY) if "UserId" in frame.columns else frame
+
+
+def train_sequence_model(
+    loo_train: pl.DataFrame,
+    loo_valid: pl.DataFrame,
+    block: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    *,
+    kind: str,
+    dataset: str,
+) -> tuple[Any, list[dict], dict[str, list[dict]]]:
+    """Train a ``kind`` model on ``loo_train`` with its parameter block resolved for
+    ``dataset``; the validation items drive early stopping when the block sets ``patience``.
+    Returns the model, its epoch history and the MLflow metric history."""
+    import inspect
+    from pathlib import Path
+
+    params = run_params(resolve_params(block, dataset))
+    model = create_model(kind, params)
+    fit_args: dict[str, Any] = {}
+    if params.get("patience") is not None:
+        fit_args["valid"] = _sessions(loo_valid)
+    root = (training or {}).get("checkpoint_dir")
+    if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
+        fit_args["checkpoint_dir"] = Path(root) / dataset / kind
+    model.fit(_sessions(loo_train), **fit_args)
+    history = epoch_history(model)
+    tracked = {
+        name: [{"value": float(row[name]), "step": row["epoch"]} for row in history]
+        for name in HISTORY_FIELDS[1:]
+        if history and name in history[0]
+    }
+    return model, history, tracked
+
+
+def _evaluate(
+    model: Any,
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    test: pl.DataFrame,
+    settings: dict[str, Any],
+    protocol: str,
+) -> dict[str, float]:
+    """One protocol: each user's test item after its training items and its validation item
+    (users without a test item, too short to split, are not scored)."""
+    inputs = train
+    common = {
+        "targets": test,
+        "append": valid,
+        "cutoffs": tuple(settings["cutoffs"]),
+        "mode": settings.get("mode", "standard"),
+        "batch_size": settings.get("batch_size", 256),
+        "item_chunk": settings.get("item_chunk"),
+        "seed": settings.get("seed", 0),
+        "user_key": "SessionId",
+    }
+    if protocol == "full":
+        result = evaluate_last_item(model, inputs, exclude_history=True, **common)
+    elif protocol == "full_with_history":
+        result = evaluate_last_item(model, inputs, exclude_history=False, **common)
+    elif protocol == "sampled":
+        result = evaluate_last_item(
+            model,
+            inputs,
+            ranking="sampled",
+            n_negatives=settings.get("n_negatives", 100),
+            negatives=settings.get("negatives", "uniform"),
+            max_users=settings.get("max_users"),
+            **common,
+        )
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOL_LABELS)}")
+    label = PROTOCOL_LABELS[protocol]
+    out = {f"{label}.{k}": float(v) for k, v in result.items() if "@" in k}
+    out[f"{label}.n_targets"] = float(result["n_targets"])
+    out[f"{label}.n_unknown_targets"] = float(result["n_unknown_targets"])  # not scored
+    return out
+
+
+def evaluate_sequence_models(
+    model: Any,
+    loo_train: pl.DataFrame,
+    loo_valid: pl.DataFrame,
+    loo_test: pl.DataFrame,
+    settings: dict[str, Any],
+    *,
+    kind: str,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """The ``kind`` model and two baselines on the test items, under every protocol of
+    ``settings["protocols"]``. Returns ``{model: {"<protocol>.<metric>": value}}`` and the
+    same figures for MLflow (``<model>.<protocol>.ndcg_at_10``)."""
+    train, valid, test = (_sessions(f) for f in (loo_train, loo_valid, loo_test))
+    candidates = {
+        kind: model,
+        "most_popular": MostPopular.fit(train),
+        "last_item_cooccurrence": LastItemCooccurrence.fit(train),
+    }
+    metrics: dict[str, dict[str, float]] = {}
+    for name, candidate in candidates.items():
+        values: dict[str, float] = {}
+        for protocol in settings["protocols"]:
+            values |= _evaluate(candidate, train, valid, test, settings, protocol)
+        metrics[name] = values
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items() if k.endswith("@10"))
+        logger.info("%-24s %s", name, shown)
+    tracked = {
+        f"{name}.{key.replace('@', '_at_')}": {"value": value, "step": 0}
+        for name, values in metrics.items()
+        for key, value in values.items()
+    }
+    return metrics, tracked
+
+
+def main_protocol_metrics(
+    metrics: dict[str, dict[str, float]], settings: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """The first protocol's ``recall@k`` / ``mrr@k`` per model, names without the prefix (for
+    the report's bar plot, whose title names the protocol)."""
+    label = PROTOCOL_LABELS[settings["protocols"][0]] + "."
+    return {
+        name: {k[len(label) :]: v for k, v in values.items() if k.startswith(label)}
+        for name, values in metrics.items()
+    }
+
+
+def users_for_recommendations(
+    loo_train: pl.DataFrame, loo_valid: pl.DataFrame, loo_test: pl.DataFrame
+) -> pl.DataFrame:
+    """Every user's whole sequence (train, valid, test in order) as sessions, for top-k
+    recommendations of the next item after it."""
+    frames = [_sessions(f).select("SessionId", "ItemId") for f in (loo_train, loo_valid, loo_test)]
+    whole = pl.concat([f.with_columns(pl.lit(i).alias("_part")) for i, f in enumerate(frames)])
+    whole = whole.with_row_index("_row").sort(["SessionId", "_part", "_row"], maintain_order=True)
+    return whole.with_columns(pl.int_range(pl.len()).over("SessionId").alias("Time")).select(
+        "SessionId", "ItemId", "Time"
+    )

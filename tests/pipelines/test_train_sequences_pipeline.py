@@ -1,0 +1,71 @@
+"""The training template on a user-sequence dataset (leave-one-out, last-item protocol):
+synthetic sequences -> preprocess_sequences -> train (SASRec, and GRU4Rec through the same
+template) -> metrics under every protocol, model, report, top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.pipelines.conftest import catalog, run
+
+SMALL = {
+    "synthetic_sequences": {"n_users": 300, "n_items": 300},
+    "sasrec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
+    "gru4rec": {
+        "synthetic_seq": {"layers": [16], "n_epochs": 1, "n_sample": 16, "batch_size": 16}
+    },  # fmt: skip
+}
+
+
+@pytest.fixture
+def prepared(project: Path) -> Path:
+    session = {"runtime_params": SMALL}
+    run(project, "synthetic", node_names=["synthetic.generate_sequences_raw"], session=session)
+    run(project, "preprocess_sequences", namespaces=["synthetic_seq"], session=session)
+    return project
+
+
+def test_sasrec_and_gru4rec_on_a_sequence_dataset(prepared: Path):
+    run(prepared, "train", namespaces=["synthetic_seq"], session={"runtime_params": SMALL})
+    cat = catalog(prepared)
+    test = cat.load("synthetic_seq.loo_test")
+    train = cat.load("synthetic_seq.loo_train")
+    for kind in ("sasrec", "gru4rec"):
+        metrics = cat.load(f"synthetic_seq.{kind}.metrics")
+        assert set(metrics) == {kind, "most_popular", "last_item_cooccurrence"}
+        for values in metrics.values():
+            for label in ("full_hist_excluded", "full_hist_included", "legacy"):
+                # every evaluated user is one target (unless its test item is unknown to the
+                # model); users too short to split never are
+                scored, unknown = values[f"{label}.n_targets"], values[f"{label}.n_unknown_targets"]
+                assert scored + unknown == test.height and scored > 0.9 * test.height
+            assert (
+                0 <= values["full_hist_excluded.ndcg@10"] <= values["full_hist_excluded.recall@10"]
+            )
+            assert "legacy.sampled100_hr@10" in values
+        model = cat.load(f"synthetic_seq.{kind}.model")
+        assert model.kind == kind
+        assert set(model.item_ids.tolist()) == set(train["ItemId"].to_list())
+        history = cat.load(f"synthetic_seq.{kind}.history")
+        assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+        top = cat.load(f"synthetic_seq.{kind}.recommendations")
+        assert top["SessionId"].n_unique() == train["UserId"].n_unique()
+        assert top.group_by("SessionId").len()["len"].unique().to_list() == [20]
+    # the cooccurrence baseline on a first-order Markov chain beats popularity
+    base = cat.load("synthetic_seq.sasrec.metrics")
+    assert (
+        base["last_item_cooccurrence"]["full_hist_excluded.recall@10"]
+        > base["most_popular"]["full_hist_excluded.recall@10"]
+    )
+
+
+def test_early_stopping_uses_the_validation_items(prepared: Path):
+    params = {**SMALL, "sasrec": {"synthetic_seq": {**SMALL["sasrec"]["synthetic_seq"],
+                                                    "num_epochs": 3, "patience": 1}}}  # fmt: skip
+    run(prepared, "train", namespaces=["synthetic_seq.sasrec"], session={"runtime_params": params})
+    history = catalog(prepared).load("synthetic_seq.sasrec.history")
+    assert all("valid_metric" in h for h in history)
+    assert pl.Series([h["valid_metric"] for h in history]).is_between(0, 1).all()
