@@ -351,3 +351,32 @@ def test_neumf_server_answers_like_recommend_and_rejects_bad_requests(
         for records, params, message in bad:
             status, answer = _post(url, {"dataframe_records": records, "params": params})
             assert status == 400 and message in answer.get("message", ""), (message, answer)
+
+
+# ------------------------------------------------------------------------------- SASRec
+def test_sasrec_served_over_http_answers_like_recommend(tracking: str, tmp_path: Path) -> None:
+    """A SASRec (an encoder: the pyfunc steps it through the window adapter) logged with the
+    same pyfunc and served on loopback: answers equal ``SASRec.recommend``."""
+    from recsys_pipeline.models.sasrec import SASRec, SASRecParams
+
+    params = SASRecParams(maxlen=6, hidden_units=16, num_epochs=2, lr=0.01, device="cpu")
+    model = SASRec(params).fit(successor_sessions(N_ITEMS, 200, seed=0), progress=False)
+    info = log_pyfunc_model(model, max_batch=MAX_BATCH, torch_threads=1)
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    sessions = _sessions(model)
+    expected = recommend(model, sessions, k=5)
+    out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
+    assert out["items"].tolist() == expected.items.tolist()
+    uri = f"runs:/{info.run_id}/recommender"
+    with _serve(uri, tracking, tmp_path / "server.log") as base:
+        records = [{"session": s} for s in sessions]
+        status, answer = _post(
+            f"{base}/invocations", {"dataframe_records": records, "params": {"k": 5}}
+        )
+        assert status == 200, answer
+        assert [p["items"] for p in answer["predictions"]] == expected.items.tolist()
+        np.testing.assert_allclose(
+            [p["scores"] for p in answer["predictions"]], expected.scores, rtol=1e-5, atol=1e-6
+        )
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"session": []}]})
+        assert status == 400 and "empty session" in answer.get("message", "")
