@@ -304,3 +304,20 @@ def test_bad_parameters_are_named() -> None:
         SASRecParams(loss="bpr")
     with pytest.raises(ValueError, match="unknown|valid"):
         SASRecParams.from_dict({"hidden_size": 3})
+
+
+def test_recommend_batched_equals_the_step_adapter() -> None:
+    """``recommend`` queries an encoder in one forward pass per batch: same top-k as stepping
+    every session through the window adapter (long sessions, unknown ids, exclude_seen)."""
+    from recsys_pipeline.serving.recommend import recommend
+
+    train = successor_sessions(30, 150, seed=1)
+    model = SASRec(SASRecParams(maxlen=5, hidden_units=16, num_epochs=2, device="cpu"))
+    model.fit(train, progress=False)
+    ids = model.item_ids.tolist()
+    sessions = [ids[:12], [ids[3]], [ids[4], 99_999, ids[9]], ids[10:13] * 3]
+    for exclude in (False, True):
+        batched = recommend(model, sessions, k=7, exclude_seen=exclude, batch_size=3)
+        stepped = recommend(EncoderStepAdapter(model), sessions, k=7, exclude_seen=exclude)
+        np.testing.assert_array_equal(batched.items, stepped.items)
+        np.testing.assert_allclose(batched.scores, stepped.scores, rtol=1e-5, atol=1e-6)

@@ -19,6 +19,12 @@ Behaviour:
   end on the same step; a session shorter than the batch's longest starts later, its slot being
   reset (``model.reset_state``) on its first item. Equal scores come in ascending item index
   order (deterministic).
+* An encoder (:class:`~recsys_pipeline.models.base.SequenceEncoder`, e.g. SASRec) is queried in
+  one forward pass per batch: the last ``maxlen`` known items of every session, padded on the
+  model's side (``encode(last_only=True)``; a masked model gets its mask slot appended, as in
+  the last-item evaluation). The queries equal those of the step path
+  (:class:`~recsys_pipeline.models.base.EncoderStepAdapter`, which re-encodes the window after
+  every item) without its O(length x window) cost.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_pipeline.models.base import EncoderStepAdapter, NextItemModel, RecommendResult
+from recsys_pipeline.models.base import (
+    NextItemModel,
+    RecommendResult,
+    SequenceEncoder,
+)
+from recsys_pipeline.training.sequences import last_item_inputs
+from recsys_pipeline.training.session_iterator import SessionData
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +126,25 @@ def _feed(model: NextItemModel, batch: list[np.ndarray]) -> Any:
     return query
 
 
+def _encode(model: SequenceEncoder, batch: list[np.ndarray]) -> torch.Tensor:
+    """Queries ``[B, D]`` of an encoder after the last item of every session of ``batch``."""
+    lengths = np.array([len(s) for s in batch], dtype=np.int64)
+    data = SessionData(
+        items=np.concatenate(batch).astype(np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        first_time=np.zeros(len(batch), dtype=np.int64),
+        item_ids=np.asarray(model.item_ids),
+    )
+    rows = last_item_inputs(
+        data,
+        model.maxlen or int(lengths.max()) + 1,
+        model.padding,
+        mask=getattr(model, "last_item_mask", "none"),
+        device=model.device,
+    )
+    return model.encode(rows, last_only=True)
+
+
 def _chunk_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of ``scores [B, C]`` with ties broken by ascending column: ``(values, cols)``
     ``[B, k]``, descending. NaN scores count as ``-inf``."""
@@ -180,8 +211,8 @@ def recommend(
 
     Args:
         model: any :class:`~recsys_pipeline.models.base.NextItemModel`, or an encoder without a
-            step path (:class:`~recsys_pipeline.models.base.SequenceEncoder`), which is fed
-            through :class:`~recsys_pipeline.models.base.EncoderStepAdapter`.
+            step path (:class:`~recsys_pipeline.models.base.SequenceEncoder`), queried in one
+            forward pass per batch (module docstring).
         session_items: raw item ids of one session (``[L]``) or of many sessions (``[S][L_s]``).
         k: number of recommendations (capped at ``model.n_items``).
         exclude_seen: remove the session's own items from its recommendations.
@@ -197,8 +228,7 @@ def recommend(
     """
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    if not hasattr(model, "step") and hasattr(model, "encode"):
-        model = EncoderStepAdapter(model)
+    batched = not hasattr(model, "step") and isinstance(model, SequenceEncoder)
     sessions, single = _as_sessions(session_items)
     n_items = int(model.n_items)
     k = min(int(k), n_items)
@@ -220,7 +250,7 @@ def recommend(
                 batch = [indices[r] for r in rows]
                 n_rows = len(batch)
                 chunk = item_chunk or max(1, min(n_items, _SCORE_BUDGET // n_rows))
-                query = _feed(model, batch)
+                query = _encode(model, batch) if batched else _feed(model, batch)
                 seen = None
                 if exclude_seen:
                     width = max(len(s) for s in batch)
