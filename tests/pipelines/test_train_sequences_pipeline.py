@@ -69,3 +69,41 @@ def test_early_stopping_uses_the_validation_items(prepared: Path):
     history = catalog(prepared).load("synthetic_seq.sasrec.history")
     assert all("valid_metric" in h for h in history)
     assert pl.Series([h["valid_metric"] for h in history]).is_between(0, 1).all()
+
+
+def test_tune_sasrec_on_a_sequence_dataset(prepared: Path):
+    """``tune.model=sasrec`` on leave-one-out splits: trials scored with the last-item protocol
+    on the validation items (every epoch, history excluded), the best configuration retrained
+    and evaluated on the test items under every protocol, next to the baselines."""
+    from kedro.framework.session import KedroSession
+
+    from recsys_pipeline.pipelines.preprocess_sequences.pipeline import SPLITS
+
+    train, valid, test = SPLITS
+    tune = {
+        "dataset": "synthetic_seq",
+        "model": "sasrec",
+        "space": str(Path(__file__).resolve().parents[2] / "conf/base/paramspaces/sasrec.json"),
+        "splits": {"train": train, "valid": valid, "full": train, "test": test},
+        "n_trials": 2,
+        "fixed": {"num_epochs": 2, "maxlen": 10, "device": "cpu"},
+        "metric": "ndcg",
+        "cutoff": 10,
+        "pruner": "none",
+        "num_threads": 1,
+        "sampler_seed": 1,
+        "study_name": f"sasrec-{prepared.name}",
+    }
+    runtime = {**SMALL, "tune": tune}
+    run(prepared, "tune", session={"runtime_params": runtime})
+    with KedroSession.create(project_path=prepared, runtime_params=runtime) as session:
+        cat = session.load_context().catalog
+    best = cat.load("tune.best_params")
+    assert best["model"] == "sasrec" and best["trials"] == {"COMPLETE": 2}
+    assert best["metric"] == "ndcg@10" and 0 < best["value"] <= 1
+    assert cat.load("tune.trials")["epochs_reported"].to_list() == [2, 2]
+    metrics = cat.load("tune.metrics")
+    assert set(metrics) == {"sasrec", "most_popular", "last_item_cooccurrence"}
+    assert "full_hist_excluded.ndcg@10" in metrics["sasrec"]
+    model = cat.load("tune.model")
+    assert model.kind == "sasrec" and model.params.lr == best["params"]["lr"]

@@ -94,6 +94,13 @@ class ModelParams:
     """
 
     model_name: ClassVar[str] = "model"
+    #: the field holding the number of training epochs (the reference's name)
+    epochs_field: ClassVar[str] = "n_epochs"
+
+    @property
+    def epochs(self) -> int:
+        """The number of training epochs (the field :attr:`epochs_field`)."""
+        return int(getattr(self, self.epochs_field))
 
     @classmethod
     def field_names(cls) -> list[str]:

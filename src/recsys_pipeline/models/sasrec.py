@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -83,6 +84,7 @@ from recsys_pipeline.training.losses import (
 )
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
 from recsys_pipeline.training.session_iterator import SessionData, sessions_from_frame
+from recsys_pipeline.training.trainer import EpochStats
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ class SASRecParams(ModelParams):
     """
 
     model_name: ClassVar[str] = "SASRec"
+    epochs_field: ClassVar[str] = "num_epochs"
 
     maxlen: int = 50
     hidden_units: int = 50
@@ -415,6 +418,7 @@ class SASRec(Recommender):
         *,
         checkpoint_dir: str | Path | None = None,
         progress: bool = True,
+        callback: Callable[[EpochStats], None] | None = None,
         **kwargs: Any,
     ) -> Self:
         """Train from scratch.
@@ -428,6 +432,7 @@ class SASRec(Recommender):
                 ``params.patience`` and the best epoch's weights restored.
             checkpoint_dir: write a checkpoint after every epoch and resume from it.
             progress: show the progress bar.
+            callback: called with every finished epoch's stats (e.g. a tuning trial's report).
         """
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
@@ -440,7 +445,10 @@ class SASRec(Recommender):
         self.support = np.bincount(np.asarray(data.items), minlength=data.n_items)
         self.net = SASRecNet(data.n_items, p).to(self.device)
         self.history, self.fine_tune_rounds, self._optimizer_state = [], [], None
-        self._train(data, p.num_epochs, p.lr, p.seed, None, valid, train, checkpoint_dir, progress)
+        self._train(
+            data, p.num_epochs, p.lr, p.seed, None, valid, train, checkpoint_dir, progress,
+            callback,
+        )  # fmt: skip
         return self
 
     def fine_tune(
@@ -521,6 +529,7 @@ class SASRec(Recommender):
         train_frame: pl.DataFrame | SessionData | None,
         checkpoint_dir: str | Path | None,
         progress: bool,
+        callback: Callable[[EpochStats], None] | None = None,
     ) -> None:
         p, net, device = self.params, self._network(), self.device
         optimizer = torch.optim.Adam(
@@ -581,6 +590,7 @@ class SASRec(Recommender):
             fingerprint=_fingerprint(p, data, seed, n_epochs, lr),
             n_batches=lambda epoch: batcher.n_batches,
             extra_state={"negatives": generator},
+            on_epoch=callback,
         )
         renumbered = [replace(s, epoch=s.epoch + first_epoch) for s in result.history]
         self.history = self.history + renumbered

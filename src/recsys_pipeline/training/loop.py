@@ -325,6 +325,7 @@ def train_epochs(
     fingerprint: str = "",
     n_batches: Callable[[int], int] | None = None,
     extra_state: Mapping[str, torch.Generator | Stateful] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     """Train ``module`` for ``config.n_epochs`` epochs (resuming from a checkpoint if any).
 
@@ -348,6 +349,9 @@ def train_epochs(
             epoch's batches when they have one).
         extra_state: named random generators or :class:`Stateful` objects used by ``batches`` /
             ``loss_fn`` (e.g. a negative sampler's generator), checkpointed and restored.
+        on_epoch: called with every finished epoch's stats, after its checkpoint is written
+            (e.g. a tuning trial's report; an exception it raises, such as a pruned trial,
+            ends the run with that epoch's checkpoint in place).
 
     Returns:
         The history, best epoch and how the run ended.
@@ -465,6 +469,8 @@ def train_epochs(
                     fingerprint, epoch, result, best, bad_epochs,
                 ),
             )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(stats)
         if result.stopped_early:
             logger.info(
                 "%s: no better %s in %d epochs: stopped after epoch %d",

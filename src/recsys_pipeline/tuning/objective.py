@@ -18,6 +18,7 @@ import optuna
 import polars as pl
 
 from recsys_pipeline.evaluation import evaluate, full_ranking
+from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models.registry import model_class
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning.space import ParamSpec, suggest
@@ -101,9 +102,18 @@ def model_objective(
     evaluate_every_epoch: bool = True,
     tracker: TrialTracker | None = None,
     progress: bool = False,
+    protocol: str = "sessions",
 ) -> Callable[[optuna.Trial], float]:
     """The objective of a study of the ``kind`` model (the training data is prepared once for
-    all trials with ``prepare_training_data``)."""
+    all trials with ``prepare_training_data``).
+
+    ``protocol`` of a next-item model's score: ``"sessions"`` (every position of the ``valid``
+    sessions after the first) or ``"last_item"`` (user sequences: ``valid`` holds one target
+    row per sequence, ranked after the sequence's ``train`` events with the history excluded;
+    both frames keyed by ``SessionId``). User-item models are scored by the user-based full
+    ranking."""
+    if protocol not in ("sessions", "last_item"):
+        raise ValueError(f"protocol must be 'sessions' or 'last_item', got {protocol!r}")
     cls = model_class(kind)
     data = cls.prepare_training_data(train)
 
@@ -116,6 +126,16 @@ def model_objective(
                 cutoffs=(metric.cutoff,),
                 mode=metric.mode,
                 progress=False,
+            )
+        elif protocol == "last_item":
+            result = evaluate_last_item(
+                model,
+                train,
+                targets=valid,
+                cutoffs=(metric.cutoff,),
+                mode=metric.mode,
+                batch_size=eval_batch_size,
+                user_key="SessionId",
             )
         else:
             result = evaluate(
@@ -138,7 +158,7 @@ def model_objective(
             tracker.start(trial.number, params)
         logger.info("trial %d: %s", trial.number, suggested)
         model = cls(model_params)
-        n_epochs = int(getattr(model_params, "n_epochs", 1))
+        n_epochs = model_params.epochs
         last: dict[int, float] = {}
 
         def after_epoch(record: EpochStats | dict[str, Any]) -> None:

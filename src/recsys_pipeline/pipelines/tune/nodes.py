@@ -1,4 +1,10 @@
-"""Nodes of the tuning pipeline: search (Optuna) -> report (plotly) -> final retrain on train_full."""
+"""Nodes of the tuning pipeline: search (Optuna) -> report (plotly) -> final retrain on train_full.
+
+On a user-sequence dataset (``preprocess_sequences``: ``tune.splits`` = ``loo_train``,
+``loo_valid``, ``loo_train``, ``loo_test``) trials are scored with the last-item protocol (each
+user's validation item after its training items, history excluded) and the final model is
+evaluated like the training template's sequence evaluation (test item after training and
+validation items, every protocol of ``params:sequence_evaluation``)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ import polars as pl
 import torch
 
 from recsys_pipeline.models.registry import kinds, model_class, resolve_params
+from recsys_pipeline.pipelines.preprocess_sequences.pipeline import DATASETS as SEQUENCE_DATASETS
 from recsys_pipeline.pipelines.train import nodes as train
+from recsys_pipeline.pipelines.train import sequence_nodes
 from recsys_pipeline.pipelines.train_neumf import nodes as user_item
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning import (
@@ -30,6 +38,16 @@ from recsys_pipeline.tuning import (
 from recsys_pipeline.tuning.study import space_signature
 
 logger = logging.getLogger(__name__)
+
+
+def _sequences(tune: dict[str, Any]) -> bool:
+    """Whether ``tune.dataset`` is a user-sequence dataset (leave-one-out, last-item protocol)."""
+    return tune["dataset"] in SEQUENCE_DATASETS
+
+
+def _as_sessions(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.rename({"UserId": "SessionId"}) if "UserId" in frame.columns else frame
+
 
 _SETTINGS = {
     "dataset",
@@ -162,6 +180,9 @@ def run_study(
         enqueue_defaults(study, specs, base)
     if tune.get("num_threads"):
         torch.set_num_threads(int(tune["num_threads"]))
+    sequences = _sequences(tune) and model_class(tune["model"]).task == "next_item"
+    if sequences:
+        train_tr, train_valid = _as_sessions(train_tr), _as_sessions(train_valid)
     objective = model_objective(
         tune["model"],
         train_tr,
@@ -172,6 +193,7 @@ def run_study(
         eval_batch_size=int(evaluation.get("batch_size", 512)),
         evaluate_every_epoch=bool(tune["evaluate_every_epoch"]),
         tracker=_MlflowTrials(settings.study_name, metric),
+        protocol="last_item" if sequences else "sessions",
     )
     ran = optimize(study, objective, int(tune["n_trials"]), timeout=tune.get("timeout_s"))
     table = pl.DataFrame(
@@ -257,33 +279,51 @@ def final_params(best: dict[str, Any], tune: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_final(
-    train_full: pl.DataFrame, params: dict[str, Any], tune: dict[str, Any]
+    train_full: pl.DataFrame,
+    train_valid: pl.DataFrame,
+    params: dict[str, Any],
+    tune: dict[str, Any],
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """The final retrain of ``tune.model`` on ``train_full`` with the best parameters (the
     training template's node, the parameters given as a block's ``defaults``)."""
-    return train.train_model(
-        train_full, {"defaults": params}, kind=tune["model"], dataset=tune["dataset"]
-    )
+    block, kind, dataset = {"defaults": params}, tune["model"], tune["dataset"]
+    if _sequences(tune):
+        return sequence_nodes.train_sequence_model(
+            train_full, train_valid, block, kind=kind, dataset=dataset
+        )
+    return train.train_model(train_full, block, kind=kind, dataset=dataset)
 
 
 def evaluate_final(
     model: Any,
     train_full: pl.DataFrame,
+    train_valid: pl.DataFrame,
     test: pl.DataFrame,
     evaluation: dict[str, Any],
+    sequence_evaluation: dict[str, Any],
     tune: dict[str, Any],
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
     """The final model on ``test`` next to the baselines, as the training templates do: the
-    session evaluation for next-item models, the user-based full ranking (training items left
-    out) with popularity and co-occurrence for user-item models."""
+    session evaluation for next-item models (the last-item protocols on user-sequence
+    datasets), the user-based full ranking (training items left out) with popularity and
+    co-occurrence for user-item models."""
     kind = tune["model"]
+    if model.task == "next_item" and _sequences(tune):
+        return sequence_nodes.evaluate_sequence_models(
+            model, train_full, train_valid, test, sequence_evaluation, kind=kind
+        )
     if model.task == "user_item":
         return user_item.evaluate_time(model, train_full, test, evaluation, name=kind)
     return train.evaluate_models(model, train_full, test, evaluation, kind=kind)
 
 
 def report_final(
-    history: list[dict], metrics: dict[str, dict[str, float]], tune: dict[str, Any]
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    sequence_evaluation: dict[str, Any],
+    tune: dict[str, Any],
 ) -> tuple[Any, Any]:
     """The training template's plots of the final model."""
+    if _sequences(tune) and model_class(tune["model"]).task == "next_item":
+        metrics = sequence_nodes.main_protocol_metrics(metrics, sequence_evaluation)
     return train.plot_report(history, metrics, kind=tune["model"])

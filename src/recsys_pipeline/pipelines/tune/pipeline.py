@@ -13,6 +13,7 @@ from kedro.pipeline import Node, Pipeline
 from recsys_pipeline.pipelines.tune import nodes
 
 PARAMS = {"params:tune", "params:evaluation"}
+FINAL_PARAMS = {*PARAMS, "params:sequence_evaluation"}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -57,25 +58,33 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_final,
-                ["train_full", "final_params", "params:tune"],
+                ["train_full", "train_valid", "final_params", "params:tune"],
                 ["model", "history", "epoch_metrics"],
                 name="final_train",
             ),
             Node(
                 nodes.evaluate_final,
-                ["model", "train_full", "test", "params:evaluation", "params:tune"],
+                [
+                    "model",
+                    "train_full",
+                    "train_valid",
+                    "test",
+                    "params:evaluation",
+                    "params:sequence_evaluation",
+                    "params:tune",
+                ],
                 ["metrics", "final_tracked_metrics"],
                 name="final_evaluate",
             ),
             Node(
                 nodes.report_final,
-                ["history", "metrics", "params:tune"],
+                ["history", "metrics", "params:sequence_evaluation", "params:tune"],
                 ["loss_curve", "metrics_plot"],
                 name="final_report",
             ),
         ],
         tags=["tune_final"],
         namespace="tune",
-        parameters={"params:tune", "params:evaluation"},
+        parameters=FINAL_PARAMS,
     )
     return search + final
