@@ -232,3 +232,28 @@ def test_a_kill_during_retraining_leaves_champion_registry_and_manifest_untouche
     decision = catalog(project).load("retrain.decision")
     assert decision["champion_version"] == "1" and decision["challenger_version"] == "2"
     assert len(read_manifest(manifest_path)) == len(json.loads(manifest_before)["files"]) + 1
+
+
+def test_retrain_sasrec_trains_then_fine_tunes(project: Path):
+    """``retrain.model=sasrec`` on the session data: the first run trains and promotes a SASRec,
+    the next fine-tunes it (its epochs continue, new items grow its table) and compares it with
+    the champion on the newest window."""
+    params = TINY | {
+        "retrain": {"register_rejected": True, "model": "sasrec"},
+        "sasrec": {"synthetic": {"num_epochs": 2, "maxlen": 10, "loss": "ce", "lr": 0.005}},
+    }
+    run(project, "__default__", session={"runtime_params": TINY})
+    _incoming(project, "2019-12-01", seed=7)
+    run(project, "retrain", session={"runtime_params": params})
+    first = catalog(project).load("retrain.decision")
+    assert first["promote"] and first["challenger_version"] == "1", first
+    _incoming(project, "2019-12-05", seed=8)
+    run(project, "retrain", session={"runtime_params": params})
+    second = catalog(project).load("retrain.decision")
+    assert second["champion_version"] == "1" and second["challenger_version"] == "2"
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        model = session.load_context().catalog.load("retrain.challenger")  # path by the model
+    assert model.kind == "sasrec" and [h.epoch for h in model.history][-1] == 4
+    assert model.fine_tune_rounds and model.fine_tune_rounds[0]["optimizer_state"] == "carry"

@@ -49,6 +49,7 @@ generative-recommenders / gSASRec family).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -496,6 +497,11 @@ class SASRec(Recommender):
         del net
         return self
 
+    def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adam's state by parameter name (``exp_avg.<name>``, ``exp_avg_sq.<name>``,
+        ``step.<name>``); ``{}`` before training or when loaded without ``optimizer.pt``."""
+        return dict(self._optimizer_state or {})
+
     def _grow(self, new_ids: np.ndarray, seed: int) -> None:
         """Append ``new_ids`` to the vocabulary: new item rows (Glorot-uniform over the grown
         table's fan) and zero Adam moments for them."""
@@ -680,7 +686,11 @@ class SASRec(Recommender):
         history = directory / "history.json"
         if history.exists():
             record = json.loads(history.read_text())
-            model.history = record.get("epochs", [])
+            fields = {f.name for f in dataclasses.fields(EpochStats)}
+            model.history = [
+                EpochStats(**{k: v for k, v in r.items() if k in fields})
+                for r in record.get("epochs", [])
+            ]
             model.fine_tune_rounds = record.get("fine_tune_rounds", [])
         optimizer = directory / "optimizer.pt"
         if optimizer.exists():

@@ -478,9 +478,9 @@ def champion_challenger(
     # a run of our own ends FAILED if anything below raises
     with mlflow.start_run() if active is None else contextlib.nullcontext(active) as run:
         if decision.promote or register_rejected:
-            info = log_pyfunc_model(
-                challenger, registered_model_name=model_name, **dict(log_kwargs or {})
-            )
+            # with the optimizer state: the next retraining fine-tunes it with "carry"
+            kwargs = {"with_optimizer": True, **dict(log_kwargs or {})}
+            info = log_pyfunc_model(challenger, registered_model_name=model_name, **kwargs)
             decision.challenger_version = str(info.registered_model_version)
             version = decision.challenger_version
             client.set_model_version_tag(

@@ -462,6 +462,7 @@ def log_pyfunc_model(
     max_session_length: int = DEFAULT_MAX_SESSION_LENGTH,
     torch_threads: int | None = None,
     include_code: bool = True,
+    with_optimizer: bool = False,
 ) -> ModelInfo:
     """Log a trained model (any registered kind) as an MLflow pyfunc model (to the active run,
     or a new one), served by :class:`RecommenderPyfunc` according to the model's ``task``.
@@ -480,6 +481,9 @@ def log_pyfunc_model(
             (``code_paths``), so that it loads with the code it was logged with (and without
             the project installed); if False the serving environment must have the package
             (it has with ``--env-manager local`` and the editable install).
+        with_optimizer: a trained model is saved with its optimizer state (``optimizer.pt``),
+            so that a registered champion can be fine-tuned with ``optimizer_state="carry"``
+            (retraining registers challengers so); off for a model that is only served.
 
     Returns:
         The :class:`mlflow.models.model.ModelInfo` (``model_uri``, ``run_id``, ...).
@@ -495,7 +499,7 @@ def log_pyfunc_model(
             model = load_model(model_dir, device="cpu")
         else:
             model = model_dir_or_model
-            model_dir = model.save(tmp_dir / MODEL_ARTIFACT, optimizer=False)
+            model_dir = model.save(tmp_dir / MODEL_ARTIFACT, optimizer=with_optimizer)
         if model.task not in TASK_HANDLERS:
             raise ValueError(f"cannot serve a model of task {model.task!r}")
         code_file = tmp_dir / "recommender.py"
