@@ -99,7 +99,7 @@ from recsys_pipeline.synthetic.sessions import SyntheticConfig, generate_events
 
 logger = logging.getLogger("device_check")
 
-#: per kind: size settings only (``params``; ``epochs`` sets ``n_epochs``)
+#: per kind: size settings only (``params``; ``epochs`` sets the model's epoch field)
 CONFIGS: dict[str, dict[str, Any]] = {
     # 20.6k training events, 17.1k targets -> 282 mini-batches of 64 per epoch, 564 steps
     "gru4rec": {
@@ -110,6 +110,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "neumf": {
         "params": {"factors": 64, "layers": [256, 256, 128, 64], "batch_size": 4096},
         "epochs": 3,
+    },
+    # the same sessions as GRU4Rec: ~3.4k sequences with >= 2 events -> 54 mini-batches of 64
+    # per epoch, 324 steps; full-softmax cross-entropy (the loss that exercises AMP the most)
+    "sasrec": {
+        "params": {
+            "maxlen": 20,
+            "hidden_units": 64,
+            "batch_size": 64,
+            "loss": "ce",
+            "dropout_rate": 0.2,
+            "lr": 0.002,
+        },
+        "epochs": 6,
     },
 }
 FALLBACK_EPOCHS = 3
@@ -251,8 +264,9 @@ def model_params(kind: str, cls: type, variant: Variant, seed: int) -> dict[str,
     config = CONFIGS.get(kind)
     params = dict(config["params"]) if config else {}
     epochs = config.get("epochs") if config else FALLBACK_EPOCHS
-    if epochs is not None and "n_epochs" in names:
-        params["n_epochs"] = epochs
+    epochs_field = cls.params_class.epochs_field
+    if epochs is not None and epochs_field in names:
+        params[epochs_field] = epochs
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(f"CONFIGS[{kind!r}] names unknown parameters {unknown}")
