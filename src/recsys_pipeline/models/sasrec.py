@@ -198,24 +198,52 @@ class SASRecParams(ModelParams):
 # ------------------------------------------------------------------------------ the network
 
 
+#: narrowest attention width of a row group (see :class:`_Layout`)
+_MIN_WIDTH = 8
+
+
 @dataclass(frozen=True)
 class _Layout:
-    """Where the real positions of a left-padded batch ``[B, L]`` are: the network computes
-    every per-position layer (embeddings, layer norms, projections, feed-forward, dropout) on
-    the ``T`` real positions only (``[T, D]``; with short sequences most of a batch is
-    padding) and lays them out as ``[B, L, D]`` only for the attention product.
+    """Where the real positions of a left-padded batch ``[B, L]`` are. The network computes
+    only the ``T`` real positions: every per-position layer on ``[T, D]`` (with short
+    sequences most of a batch is padding), and the attention product per *group* of rows of
+    similar length, each at its own width (the next power of two >= its longest row, at least
+    8, at most ``L``; a left-padded row's real items are its last columns). Attention is per
+    row, so this is the same computation as one ``[B, L, L]`` product; padding is never
+    computed and its outputs are zero, as the reference's after every block.
 
     Attributes:
         index: ``[T]`` flat positions ``b * L + c`` of the real tokens, row-major.
         batch: ``B``; length: ``L``.
-        allowed: ``[B, 1, L, L]`` bool: query row may attend key column (causal, real keys;
-            the diagonal keeps a padding row from having no key at all).
+        groups: ``(rows [Bg], width W, allowed [Bg, 1, W, W])`` per group: the query column
+            may attend the key column (causal, real keys; the diagonal keeps a padding row
+            from having no key at all).
     """
 
     index: torch.Tensor
     batch: int
     length: int
-    allowed: torch.Tensor
+    groups: list[tuple[torch.Tensor, int, torch.Tensor]]
+
+    @classmethod
+    def of(cls, items: torch.Tensor) -> _Layout:
+        """The layout of left-padded ``items [B, L]`` (:data:`PAD` at padding)."""
+        batch, length = items.shape
+        valid = items >= 0  # [B, L]
+        index = valid.reshape(-1).nonzero().squeeze(1)  # [T]
+        lengths = valid.sum(1)  # [B]
+        widths = torch.clamp(lengths, min=_MIN_WIDTH, max=length)
+        widths = 2 ** torch.ceil(torch.log2(widths.double())).long().clamp(max=length)
+        widths = widths.clamp(max=length)
+        groups = []
+        for width in torch.unique(widths).tolist():  # one host sync per batch
+            rows = (widths == width).nonzero().squeeze(1)
+            keys = valid.index_select(0, rows)[:, length - width :]  # [Bg, W]
+            eye = torch.eye(width, dtype=torch.bool, device=items.device)
+            causal = torch.ones(width, width, dtype=torch.bool, device=items.device).tril()
+            allowed = ((causal & keys.unsqueeze(1)) | eye).unsqueeze(1)  # [Bg, 1, W, W]
+            groups.append((rows, int(width), allowed))
+        return cls(index, batch, length, groups)
 
     def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
@@ -228,8 +256,9 @@ class _Layout:
 
 
 class _Attention(nn.Module):
-    """TF ``multihead_attention``: Q, K, V projections with bias, scaled dot product, heads
-    concatenated, no output projection."""
+    """TF ``multihead_attention``: Q, K, V projections with bias, scaled dot product (causal,
+    real keys only), dropout on the attention weights, heads concatenated, no output
+    projection."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -241,13 +270,19 @@ class _Attention(nn.Module):
     def forward(self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """``query``, ``keys`` ``[T, D]`` (real positions) -> ``[T, D]``."""
         dim = query.shape[-1]
-        qkv = torch.cat([self.q(query), self.k(keys), self.v(keys)], dim=-1)  # [T, 3D]
-        padded = layout.scatter(qkv).view(layout.batch, layout.length, 3, self.heads, -1)
-        q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D / H]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=layout.allowed, dropout_p=self.dropout if self.training else 0.0
-        )  # [B, H, L, D / H]
-        return layout.gather(out.transpose(1, 2).reshape(layout.batch, layout.length, dim))
+        qkv = layout.scatter(torch.cat([self.q(query), self.k(keys), self.v(keys)], dim=-1))
+        out = qkv.new_zeros(layout.batch, layout.length, dim)  # [B, L, D]
+        dropout = self.dropout if self.training else 0.0
+        for rows, width, allowed in layout.groups:
+            part = qkv.index_select(0, rows)[:, layout.length - width :]  # [Bg, W, 3D]
+            q, k, v = part.reshape(len(rows), width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=dropout
+            )  # [Bg, H, W, D / H]
+            attended = attended.transpose(1, 2).reshape(len(rows), width, dim)
+            out = out.index_put((rows.unsqueeze(1), torch.arange(
+                layout.length - width, layout.length, device=rows.device)), attended)  # fmt: skip
+        return layout.gather(out)
 
 
 class _FeedForward(nn.Module):
@@ -332,16 +367,11 @@ class SASRecNet(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Left-padded item indices ``[B, L]`` (:data:`PAD` = -1, ``L <= maxlen``) -> the
         output per position ``[B, L, D]`` (zero at padding)."""
-        batch, length = items.shape
+        length = items.shape[1]
         if length > self.maxlen:
             raise ValueError(f"sequence width {length} > maxlen {self.maxlen}")
-        valid = items >= 0  # [B, L]
-        device = items.device
-        eye = torch.eye(length, dtype=torch.bool, device=device)
-        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        allowed = ((causal & valid.unsqueeze(1)) | eye).unsqueeze(1)  # [B, 1, L, L]
-        index = valid.reshape(-1).nonzero().squeeze(1)  # [T]
-        layout = _Layout(index, batch, length, allowed)
+        layout = _Layout.of(items)
+        index = layout.index
         tokens = items.reshape(-1).index_select(0, index)  # [T]
         positions = index % length + (self.maxlen - length)  # [T], last column = maxlen - 1
         scale = math.sqrt(self.item_emb.embedding_dim)
