@@ -46,6 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gru4rec_train_speed import run_process  # noqa: E402  (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
 DEFAULT_DATA = SHARED / "data" / "real" / "amazon_video_games_sasrec" / "Video.txt"
@@ -172,8 +174,8 @@ def _child_reference(args: argparse.Namespace, seed: int, out_dir: Path) -> dict
            "--lr", str(CONFIG["lr"]), "--batch-size", str(CONFIG["batch_size"]),
            "--epochs", str(args.epochs), "--seed", str(seed), "--threads", str(args.threads),
            "--work-dir", str(out_dir / "work"), "--out-dir", str(out_dir), "--tag", tag]  # fmt: skip
-    with (out_dir / f"{tag}.log").open("w") as handle:
-        subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    text, rss = run_process(cmd, dict(os.environ), out_dir)  # its own peak RSS (wait4)
+    (out_dir / f"{tag}.log").write_text(text)
     raw = json.loads((out_dir / f"{tag}.json").read_text())
     return {
         "leg": "reference",
@@ -191,6 +193,7 @@ def _child_reference(args: argparse.Namespace, seed: int, out_dir: Path) -> dict
             "eval.seconds": raw["eval"]["seconds"],
         },
         "src": raw.get("src_tag"),
+        "peak_rss_gib": rss,
     }
 
 
@@ -230,6 +233,19 @@ def report(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             label = "history excluded" if name.endswith("excl") else "history not excluded"
             lines.append(f"ours full ranking ({label}): NDCG@10 {ndcg:.4f}  HR@10 {hr:.4f}")
             summary[name] = {"ndcg@10": ndcg, "hr@10": hr}
+    for r in ours:
+        m = r["metrics"]
+        lines.append(
+            f"ours seed {r['seed']}: evaluation users/s: sampled "
+            f"{m['test_sampled.users_per_s']:.0f}, full ranking "
+            f"{m['test_full_excl.users_per_s']:.0f}; peak RSS {r['peak_rss_gib']:.2f} GiB"
+        )
+    for r in ref:
+        lines.append(
+            f"reference seed {r['seed']}: evaluation (valid + test, sampled) "
+            f"{r['metrics']['eval.seconds']:.1f} s; peak RSS {r.get('peak_rss_gib', float('nan')):.2f} "
+            "GiB (its sampler process not counted)"
+        )
     speeds = {
         leg: [r["sequences_per_s"] for r in runs if r["leg"] == leg]
         for leg in ("ours", "reference")
