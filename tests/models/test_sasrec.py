@@ -321,3 +321,32 @@ def test_recommend_batched_equals_the_step_adapter() -> None:
         stepped = recommend(EncoderStepAdapter(model), sessions, k=7, exclude_seen=exclude)
         np.testing.assert_array_equal(batched.items, stepped.items)
         np.testing.assert_allclose(batched.scores, stepped.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path) -> None:
+    """Killed after epoch 2 (the checkpoint of epoch 2 written), a new ``fit`` with the same
+    parameters and data continues at epoch 3 and ends with the weights of an uninterrupted run
+    (dropout, order and BCE negatives included)."""
+    train = successor_sessions(30, 120, seed=1)
+    params = SASRecParams(maxlen=6, hidden_units=16, num_epochs=4, device="cpu", seed=3)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(stats) -> None:
+        if stats.epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        SASRec(params).fit(
+            train, checkpoint_dir=tmp_path, progress=False, callback=kill_after_epoch_2
+        )
+    assert (tmp_path / "checkpoint.pt").exists()
+    resumed = SASRec(params).fit(train, checkpoint_dir=tmp_path, progress=False)
+    straight = SASRec(params).fit(train, progress=False)
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    for (name, a), b in zip(
+        resumed.net.state_dict().items(), straight.net.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert not (tmp_path / "checkpoint.pt").exists()  # removed after the finished run
