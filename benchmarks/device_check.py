@@ -111,8 +111,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "params": {"factors": 64, "layers": [256, 256, 128, 64], "batch_size": 4096},
         "epochs": 3,
     },
-    # the same sessions as GRU4Rec: ~3.4k sequences with >= 2 events -> 54 mini-batches of 64
-    # per epoch, 324 steps; full-softmax cross-entropy (the loss that exercises AMP the most)
+    # the same sessions as GRU4Rec: 3,494 sequences with >= 2 events -> 55 mini-batches of 64
+    # per epoch, 330 steps; full-softmax cross-entropy (the loss that exercises AMP the most)
     "sasrec": {
         "params": {
             "maxlen": 20,
