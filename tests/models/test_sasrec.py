@@ -350,3 +350,17 @@ def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path) -> None:
     ):
         assert torch.equal(a, b), name
     assert not (tmp_path / "checkpoint.pt").exists()  # removed after the finished run
+
+
+@pytest.mark.parametrize("option", [{"bucket": 4}, {"cpu_bf16": True}])
+def test_length_buckets_and_cpu_bf16_train(option: dict) -> None:
+    """Rows sorted by length within chunks of batches, and bf16 autocast on the CPU (the shared
+    loop's option, on CPUs that have it): both learn the successor."""
+    torch.set_num_threads(1)
+    train = successor_sessions(30, 300, seed=1)
+    test = successor_sessions(30, 60, seed=2, first_session_id=10**6)
+    params = SASRecParams(maxlen=8, hidden_units=32, num_epochs=20, lr=0.01, dropout_rate=0.1,
+                          loss="ce", device="cpu", **option)  # fmt: skip
+    model = SASRec(params).fit(train, progress=False)
+    result = evaluate_last_item(model, test, user_key="SessionId", exclude_history=False)
+    assert result["recall@5"] >= 0.9, (option, dict(result))
