@@ -36,6 +36,7 @@ from typing import Any
 import polars as pl
 import torch
 import yaml
+from gru4rec_diginetica_srgnn import load as load_srgnn  # noqa: E402  (this folder is on sys.path)
 
 from recsys_pipeline.evaluation import evaluate
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
@@ -57,16 +58,9 @@ SHOWN = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr@10", "mrr@20")
 
 
 def load(path: Path, max_sessions: int | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``(train, test)``: SessionId, ItemId, Time (running row index over SessionId, Pos)."""
-    events = (
-        pl.read_csv(path, separator="\t")
-        .sort(["SessionId", "Pos"])
-        .with_row_index("Time")
-        .with_columns(pl.col("Time").cast(pl.Int64))
-    )
-    cols = ["SessionId", "ItemId", "Time"]
-    train = events.filter(pl.col("Split") == "train").select(cols)
-    test = events.filter(pl.col("Split") == "test").select(cols)
+    """``(train, test)`` as ``gru4rec_diginetica_srgnn.load`` reads them; ``max_sessions``: the
+    first N training sessions only."""
+    train, test = load_srgnn(path)
     if max_sessions:
         keep = train["SessionId"].unique(maintain_order=True).head(max_sessions)
         train = train.filter(pl.col("SessionId").is_in(keep.implode()))

@@ -57,16 +57,22 @@ def train_model(
     *,
     kind: str,
     dataset: str,
+    valid: pl.DataFrame | None = None,
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """Train a ``kind`` model (the registry's) on ``train_full`` with its parameter block
     resolved for ``dataset``; returns the model, its epoch history and MLflow metrics.
 
     ``training.checkpoint_dir``: models whose ``fit`` takes a ``checkpoint_dir`` checkpoint
     every epoch under ``<checkpoint_dir>/<dataset>/<kind>``, so that a killed run resumes from
-    its last finished epoch (the checkpoint is removed when training ends)."""
+    its last finished epoch (the checkpoint is removed when training ends).
+
+    ``valid``: validation targets given to ``fit`` when the block sets ``patience`` (early
+    stopping on them)."""
     params = run_params(resolve_params(block, dataset))
     model = create_model(kind, params)
     fit_args: dict[str, Any] = {}
+    if valid is not None and params.get("patience") is not None:
+        fit_args["valid"] = valid
     root = (training or {}).get("checkpoint_dir")
     if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
         fit_args["checkpoint_dir"] = Path(root) / dataset / kind

@@ -24,8 +24,7 @@ import polars as pl
 
 from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
-from recsys_pipeline.models.registry import create_model, resolve_params
-from recsys_pipeline.pipelines.train.nodes import HISTORY_FIELDS, epoch_history, run_params
+from recsys_pipeline.pipelines.train.nodes import train_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +53,14 @@ def train_sequence_model(
     """Train a ``kind`` model on ``loo_train`` with its parameter block resolved for
     ``dataset``; the validation items drive early stopping when the block sets ``patience``.
     Returns the model, its epoch history and the MLflow metric history."""
-    import inspect
-    from pathlib import Path
-
-    params = run_params(resolve_params(block, dataset))
-    model = create_model(kind, params)
-    fit_args: dict[str, Any] = {}
-    if params.get("patience") is not None:
-        fit_args["valid"] = _sessions(loo_valid)
-    root = (training or {}).get("checkpoint_dir")
-    if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
-        fit_args["checkpoint_dir"] = Path(root) / dataset / kind
-    model.fit(_sessions(loo_train), **fit_args)
-    history = epoch_history(model)
-    tracked = {
-        name: [{"value": float(row[name]), "step": row["epoch"]} for row in history]
-        for name in HISTORY_FIELDS[1:]
-        if history and name in history[0]
-    }
-    return model, history, tracked
+    return train_model(
+        _sessions(loo_train),
+        block,
+        training,
+        kind=kind,
+        dataset=dataset,
+        valid=_sessions(loo_valid),
+    )
 
 
 def _evaluate(
