@@ -26,7 +26,6 @@ import polars as pl
 from .gx_runner import Check, GxRunner, to_builtin
 from .suites import (
     N_EXAMPLES,
-    DataValidationError,
     _between,
     _column_specs,
     _Failure,
@@ -35,6 +34,7 @@ from .suites import (
     _run_tables,
     _Spec,
     _Table,
+    conclude,
 )
 from .summaries import column_summary
 
@@ -332,17 +332,11 @@ def validate_rating_splits(
         "artifacts": report_artifacts,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    n_checks = sum(len(a["expectations"]) for a in report_artifacts.values())
-    logger.info(
-        "validated %s rating splits: %d/%d expectations met in %.2f s",
-        dataset,
-        n_checks - len(failures),
-        n_checks,
-        report["seconds"],
+    return conclude(
+        report,
+        report_artifacts,
+        failures,
+        "rating splits",
+        lambda: _message(dataset, failures, LABELS, artifact_word="artifact"),
+        raise_on_failure,
     )
-    if failures:
-        message = _message(dataset, failures, LABELS, artifact_word="artifact")
-        if raise_on_failure:
-            raise DataValidationError(message, report)
-        logger.warning("%s", message)
-    return report

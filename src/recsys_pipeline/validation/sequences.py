@@ -31,7 +31,6 @@ import polars as pl
 
 from .gx_runner import Check, GxRunner
 from .suites import (
-    DataValidationError,
     _between,
     _column_specs,
     _Failure,
@@ -40,6 +39,7 @@ from .suites import (
     _run_tables,
     _Spec,
     _Table,
+    conclude,
 )
 from .summaries import column_summary
 
@@ -304,17 +304,11 @@ def validate_loo_splits(
         "artifacts": report_artifacts,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    n_checks = sum(len(a["expectations"]) for a in report_artifacts.values())
-    logger.info(
-        "validated %s leave-one-out splits: %d/%d expectations met in %.2f s",
-        dataset,
-        n_checks - len(failures),
-        n_checks,
-        report["seconds"],
+    return conclude(
+        report,
+        report_artifacts,
+        failures,
+        "leave-one-out splits",
+        lambda: _message(dataset, failures, LABELS, artifact_word="artifact"),
+        raise_on_failure,
     )
-    if failures:
-        message = _message(dataset, failures, LABELS, artifact_word="artifact")
-        if raise_on_failure:
-            raise DataValidationError(message, report)
-        logger.warning("%s", message)
-    return report

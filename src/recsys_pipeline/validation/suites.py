@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -336,6 +336,34 @@ def _format_kwargs(kwargs: Mapping[str, Any]) -> str:
     return text
 
 
+def conclude(
+    report: dict[str, Any],
+    parts: Mapping[str, Mapping[str, Any]],
+    failures: list[_Failure],
+    what: str,
+    message: Callable[[], str],
+    raise_on_failure: bool,
+) -> dict[str, Any]:
+    """Log how many expectations of ``parts`` (each with an ``expectations`` list) were met,
+    then raise :class:`DataValidationError` with ``message()`` (or log it as a warning) when
+    anything failed; returns ``report``."""
+    n_checks = sum(len(part["expectations"]) for part in parts.values())
+    logger.info(
+        "validated %s %s: %d/%d expectations met in %.2f s",
+        report["dataset"],
+        what,
+        n_checks - len(failures),
+        n_checks,
+        report["seconds"],
+    )
+    if failures:
+        text = message()
+        if raise_on_failure:
+            raise DataValidationError(text, report)
+        logger.warning("%s", text)
+    return report
+
+
 def _message(
     dataset: str,
     failures: list[_Failure],
@@ -554,18 +582,11 @@ def validate_splits(
         "splits": report_splits,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    n_checks = sum(len(split["expectations"]) for split in report_splits.values())
-    logger.info(
-        "validated %s splits %s: %d/%d expectations met in %.2f s",
-        dataset,
-        ordered,
-        n_checks - len(failures),
-        n_checks,
-        report["seconds"],
+    return conclude(
+        report,
+        report_splits,
+        failures,
+        f"splits {ordered}",
+        lambda: _message(dataset, failures),
+        raise_on_failure,
     )
-    if failures:
-        message = _message(dataset, failures)
-        if raise_on_failure:
-            raise DataValidationError(message, report)
-        logger.warning("%s", message)
-    return report

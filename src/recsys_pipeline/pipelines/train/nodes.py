@@ -124,12 +124,17 @@ def evaluate_models(
             f"{k}={v:.4f}" for k, v in values.items() if k.startswith(("recall@", "mrr@"))
         )
         logger.info("%-24s %s", name, shown)
-    tracked = {
+    return metrics, tracked_metrics(metrics)
+
+
+def tracked_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """``{model: {metric: value}}`` as MLflow metrics: ``<model>.<metric>`` with ``@`` spelled
+    ``_at_`` (MLflow names may not contain ``@``), step 0."""
+    return {
         f"{name}.{key.replace('@', '_at_')}": {"value": value, "step": 0}
         for name, values in metrics.items()
         for key, value in values.items()
     }
-    return metrics, tracked
 
 
 def plot_report(

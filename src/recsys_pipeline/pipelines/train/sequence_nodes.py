@@ -24,7 +24,7 @@ import polars as pl
 
 from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
-from recsys_pipeline.pipelines.train.nodes import train_model
+from recsys_pipeline.pipelines.train.nodes import tracked_metrics, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,7 @@ def evaluate_sequence_models(
         metrics[name] = values
         shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items() if k.endswith("@10"))
         logger.info("%-24s %s", name, shown)
-    tracked = {
-        f"{name}.{key.replace('@', '_at_')}": {"value": value, "step": 0}
-        for name, values in metrics.items()
-        for key, value in values.items()
-    }
-    return metrics, tracked
+    return metrics, tracked_metrics(metrics)
 
 
 def main_protocol_metrics(
