@@ -99,8 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gru4rec-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="SASRec parameters over the dataset's block, e.g. hidden_units=64 "
+        "dropout_rate=0.1 (Klenitskiy & Vasilev's configuration)",
+    )  # fmt: skip
+    parser.add_argument("--skip-gru4rec", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
     if args.threads:
         torch.set_num_threads(args.threads)
     block = yaml.safe_load(PARAMS_FILE.read_text())
@@ -117,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             params = dict(resolve_params(block["sasrec"], name)) | {
                 "loss": loss, "num_epochs": args.max_epochs, "patience": args.patience,
                 "seed": args.seed, "device": "cpu",
-            }  # fmt: skip
+            } | overrides  # fmt: skip
             params.pop("num_threads", None)
             candidates.append((f"sasrec ({loss})", loss, create_model("sasrec", params)))
         gru = dict(resolve_params(block["gru4rec"], "diginetica"))
         gru.pop("num_threads", None)
         gru |= {"n_epochs": args.gru4rec_epochs, "seed": args.seed, "device": "cpu"}
-        candidates.append(("gru4rec", None, create_model("gru4rec", gru)))
+        if not args.skip_gru4rec:
+            candidates.append(("gru4rec", None, create_model("gru4rec", gru)))
         for model_name, loss, model in candidates:
             t0 = time.perf_counter()
             if model.kind == "sasrec":
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 model.fit(train, progress=False)
             train_s = time.perf_counter() - t0
             record = {"dataset": name, "model": model_name, "train_s": train_s,
+                      "params": model.params.to_dict(),
                       "epochs": len(model.history),
                       "best_epoch": getattr(model, "best_epoch", None)}  # fmt: skip
             record |= test_metrics(model, train, valid, test)

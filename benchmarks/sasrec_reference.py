@@ -20,8 +20,9 @@ Both legs run as child processes of this script with ``torch.set_num_threads(--t
   (default protocol) and without exclusion. Test input = training items + the validation item.
 
 The configuration is the reference's for Amazon data (maxlen 50, hidden 50, 2 blocks, 1 head,
-dropout 0.5, lr 0.001, batch 128, BCE with one negative per position). The report lists every
-run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
+dropout 0.5, lr 0.001, batch 128, BCE with one negative per position). ``--variant pmixer``
+runs ours with the port's attention (``attend_padding``, ``out_projection``) to attribute a gap
+between the legs to those two differences. The report lists every run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
 full-ranking figures, and the training sequences/s of each leg. With ``--jobs`` > 1 runs share
 the CPU: use the speed figures of a ``--jobs 1`` run on a quiet machine only.
 
@@ -52,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
 DEFAULT_DATA = SHARED / "data" / "real" / "amazon_video_games_sasrec" / "Video.txt"
 DRIVER = SHARED / "reference" / "drive_pmixer.py"
+#: our network as the original TF code (default) or with the port's attention
+VARIANTS = {"tf": {}, "pmixer": {"attend_padding": True, "out_projection": True}}
 CONFIG = {
     "maxlen": 50,
     "hidden_units": 50,
@@ -78,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out" / "sasrec_reference")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--bucket", type=int, default=0, help="ours: SASRecParams.bucket")
+    p.add_argument(
+        "--variant", choices=sorted(VARIANTS), default="tf",
+        help="ours: 'tf' (the original network, default) or 'pmixer' (the port's attention: "
+        "padding attended, output projection), to attribute a gap to the port's network",
+    )  # fmt: skip
     p.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -106,7 +114,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - start
     params = SASRecParams(
         **CONFIG, num_epochs=args.epochs, loss="bce", seed=args.seed, device="cpu",
-        bucket=args.bucket,
+        bucket=args.bucket, **VARIANTS[args.variant],
     )  # fmt: skip
     model = SASRec(params)
     start = time.perf_counter()
@@ -136,6 +144,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     metrics |= last_item("test_full_incl", train, targets=test, append=valid, exclude_history=False)
     return {
         "leg": "ours",
+        "variant": args.variant,
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
@@ -155,7 +164,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 def _child_ours(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
            "--out", str(out), "--data", str(args.data), "--epochs", str(args.epochs),
-           "--threads", str(args.threads), "--bucket", str(args.bucket)]  # fmt: skip
+           "--threads", str(args.threads), "--bucket", str(args.bucket),
+           "--variant", args.variant]  # fmt: skip
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
@@ -279,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         leg, seed = job
         t = time.perf_counter()
         if leg == "ours":
-            record = _child_ours(args, seed, args.out_dir / f"ours_seed{seed}.json")
+            record = _child_ours(args, seed, args.out_dir / f"ours_{args.variant}_seed{seed}.json")
         else:
             record = _child_reference(args, seed, args.out_dir)
         print(f"{leg} seed {seed}: done in {time.perf_counter() - t:.0f} s", flush=True)

@@ -126,6 +126,59 @@ def test_a_port_flaw_is_detected_by_the_reference() -> None:
     assert not torch.allclose(ours[real], unscaled_reference[real], atol=1e-3)
 
 
+def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
+    """pmixer/SASRec.pytorch's forward (commit 9f6a02b), re-stated with its own building block
+    ``torch.nn.MultiheadAttention`` under a causal mask only: ``items [B, maxlen]`` 1-based,
+    0 = padding on the left; the K/V/output weights are ours, so equal outputs mean the same
+    network. Returns ``[B, maxlen, D]``."""
+    seq_ids = torch.as_tensor(items, dtype=torch.long)
+    b, n = seq_ids.shape
+    d = net.item_emb.embedding_dim
+    seqs = net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)]
+    keep = (seq_ids != 0).float().unsqueeze(-1)
+    seqs = seqs * keep
+    causal = ~torch.ones(n, n, dtype=torch.bool).tril()
+    for block in net.blocks:
+        mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.k.weight,
+                                                block.attn.v.weight]))  # fmt: skip
+            mha.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.k.bias,
+                                              block.attn.v.bias]))  # fmt: skip
+            mha.out_proj.weight.copy_(block.attn.out.weight)
+            mha.out_proj.bias.copy_(block.attn.out.bias)
+        mha.eval()
+        q = block.attn_norm(seqs)
+        attended, _ = mha(q, seqs, seqs, attn_mask=causal, need_weights=False)
+        h = block.ffn_norm(q + attended)
+        seqs = (h + block.ffn.outer(F.relu(block.ffn.inner(h)))) * keep
+    return net.last_norm(seqs)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_pmixer_variant_is_the_ports_forward(heads: int) -> None:
+    """``attend_padding`` + ``out_projection`` compute the port's network (padding attended
+    through the K/V biases, summed as one key with a log-count offset), whatever width the
+    batch is cut to; the default does not."""
+    params = SASRecParams(maxlen=10, hidden_units=12, num_heads=heads, attend_padding=True,
+                          out_projection=True, device="cpu")  # fmt: skip
+    net = _random_net(params)
+    with torch.no_grad():
+        reference = _pmixer_forward(net, _left_padded(ROWS, 10) + 1)
+        for width in (8, 10):
+            items = _left_padded(ROWS, width)
+            ours = net(torch.as_tensor(items))
+            real = torch.as_tensor(items >= 0)
+            torch.testing.assert_close(
+                ours[real], reference[:, 10 - width :][real], atol=1e-5, rtol=1e-5
+            )
+        net.blocks[0].attn.attend_padding = False
+        items = _left_padded(ROWS, 10)
+        masked = net(torch.as_tensor(items))
+    real = torch.as_tensor(items >= 0)
+    assert not torch.allclose(masked[real], reference[real], atol=1e-3)
+
+
 def test_causal_a_future_item_never_changes_a_past_output() -> None:
     net = _random_net(SASRecParams(maxlen=8, hidden_units=12, num_heads=2, device="cpu"))
     base = torch.as_tensor(_left_padded([[3, 7, 1, 22, 5, 9, 14, 2]], 8))

@@ -49,32 +49,18 @@ generative-recommenders / gSASRec family).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_pipeline.models.base import (
-    ModelParams,
-    Recommender,
-    RecommendResult,
-    saved_params,
-    write_model_json,
-)
-from recsys_pipeline.models.persistence import read_ids, write_ids
-from recsys_pipeline.training.device import resolve_device
-from recsys_pipeline.training.loop import LoopConfig, train_epochs
+from recsys_pipeline.models.base import ModelParams
+from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows
 from recsys_pipeline.training.losses import (
     bce_negative_loss,
     full_softmax_cross_entropy,
@@ -84,8 +70,7 @@ from recsys_pipeline.training.losses import (
     uniform_negatives_excluding,
 )
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
-from recsys_pipeline.training.session_iterator import SessionData, sessions_from_frame
-from recsys_pipeline.training.trainer import EpochStats
+from recsys_pipeline.training.session_iterator import SessionData
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +104,12 @@ class SASRecParams(ModelParams):
         logq: ``sampled_softmax``: subtract the log sampling probability (logQ correction).
         label_smoothing: ``ce``: torch's label smoothing.
         norm_first: ``True``: the original query-only pre-LN block; ``False``: post-LN.
+        attend_padding: pmixer's attention (both commits): a real position also attends the
+            left padding to ``maxlen`` (``maxlen - len`` keys of value ``K``/``V`` bias; done
+            as one key with a ``log(count)`` logit offset, the same softmax). ``False``: the
+            TF key mask, padding is never attended.
+        out_projection: pmixer's ``nn.MultiheadAttention`` output projection after the heads
+            (the TF code has none).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
             faster; changes which sequences share a batch); 0 = off, the reference's batches.
         patience: early stopping after this many epochs without a better validation metric
@@ -151,6 +142,8 @@ class SASRecParams(ModelParams):
     logq: bool = False
     label_smoothing: float = 0.0
     norm_first: bool = True
+    attend_padding: bool = False
+    out_projection: bool = False
     bucket: int = 0
     patience: int | None = None
     valid_metric: str = "ndcg@10"
@@ -218,16 +211,20 @@ class _Layout:
         groups: ``(rows [Bg], width W, allowed [Bg, 1, W, W])`` per group: the query column
             may attend the key column (causal, real keys; the diagonal keeps a padding row
             from having no key at all).
+        padding: ``[B]`` padding columns of each row when left padded to ``maxlen`` (what
+            pmixer's attention attends, ``attend_padding``).
     """
 
     index: torch.Tensor
     batch: int
     length: int
     groups: list[tuple[torch.Tensor, int, torch.Tensor]]
+    padding: torch.Tensor
 
     @classmethod
-    def of(cls, items: torch.Tensor) -> _Layout:
-        """The layout of left-padded ``items [B, L]`` (:data:`PAD` at padding)."""
+    def of(cls, items: torch.Tensor, maxlen: int | None = None) -> _Layout:
+        """The layout of left-padded ``items [B, L]`` (:data:`PAD` at padding; rows counted
+        as padded to ``maxlen``, default ``L``)."""
         batch, length = items.shape
         valid = items >= 0  # [B, L]
         index = valid.reshape(-1).nonzero().squeeze(1)  # [T]
@@ -243,7 +240,8 @@ class _Layout:
             causal = torch.ones(width, width, dtype=torch.bool, device=items.device).tril()
             allowed = ((causal & keys.unsqueeze(1)) | eye).unsqueeze(1)  # [Bg, 1, W, W]
             groups.append((rows, int(width), allowed))
-        return cls(index, batch, length, groups)
+        padding = (length if maxlen is None else maxlen) - lengths
+        return cls(index, batch, length, groups, padding)
 
     def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
@@ -258,14 +256,43 @@ class _Layout:
 class _Attention(nn.Module):
     """TF ``multihead_attention``: Q, K, V projections with bias, scaled dot product (causal,
     real keys only), dropout on the attention weights, heads concatenated, no output
-    projection."""
+    projection. ``attend_padding`` / ``out_projection``: pmixer's variant
+    (:class:`SASRecParams`)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        attend_padding: bool = False,
+        out_projection: bool = False,
+    ) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        self.attend_padding = attend_padding
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim) if out_projection else None
+
+    def _padding_key(
+        self, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pmixer's padding keys: a zero input row has key ``K`` bias and value ``V`` bias,
+        and ``n`` equal keys weigh as one key with ``log(n)`` added to its logit. ``k``, ``v``
+        ``[Bg, H, W, D / H]``, ``allowed [Bg, 1, W, W]``, ``padding [Bg]`` -> keys and values
+        ``[Bg, H, W + 1, D / H]`` and an additive mask ``[Bg, 1, W, W + 1]``."""
+        rows, heads, width, head_dim = k.shape
+        sink_k = self.k.bias.view(1, heads, 1, head_dim).expand(rows, -1, -1, -1).to(k.dtype)
+        sink_v = self.v.bias.view(1, heads, 1, head_dim).expand(rows, -1, -1, -1).to(v.dtype)
+        offset = torch.log(padding.to(k.dtype)).view(rows, 1, 1, 1).expand(-1, 1, width, 1)
+        masked = torch.zeros(allowed.shape, dtype=k.dtype, device=k.device)
+        masked = masked.masked_fill(~allowed, float("-inf"))
+        return (
+            torch.cat([sink_k, k], dim=2),
+            torch.cat([sink_v, v], dim=2),
+            torch.cat([offset, masked], dim=3),
+        )
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """``query``, ``keys`` ``[T, D]`` (real positions) -> ``[T, D]``."""
@@ -276,13 +303,17 @@ class _Attention(nn.Module):
         for rows, width, allowed in layout.groups:
             part = qkv.index_select(0, rows)[:, layout.length - width :]  # [Bg, W, 3D]
             q, k, v = part.reshape(len(rows), width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            mask = allowed
+            if self.attend_padding:
+                k, v, mask = self._padding_key(k, v, allowed, layout.padding.index_select(0, rows))
             attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=dropout
+                q, k, v, attn_mask=mask, dropout_p=dropout
             )  # [Bg, H, W, D / H]
             attended = attended.transpose(1, 2).reshape(len(rows), width, dim)
             out = out.index_put((rows.unsqueeze(1), torch.arange(
                 layout.length - width, layout.length, device=rows.device)), attended)  # fmt: skip
-        return layout.gather(out)
+        out = layout.gather(out)
+        return out if self.out is None else self.out(out)
 
 
 class _FeedForward(nn.Module):
@@ -303,11 +334,14 @@ class _Block(nn.Module):
     """One attention block; ``norm_first`` picks the original (query-only pre-LN) or the
     post-LN layout (module docstring)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, dim: int, params: SASRecParams) -> None:
         super().__init__()
-        self.norm_first = norm_first
+        self.norm_first = params.norm_first
+        dropout = params.dropout_rate
         self.attn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.attn = _Attention(dim, heads, dropout)
+        self.attn = _Attention(
+            dim, params.num_heads, dropout, params.attend_padding, params.out_projection
+        )
         self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
         self.ffn = _FeedForward(dim, dropout)
 
@@ -339,10 +373,7 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(params.maxlen, d)
         self.emb_drop = nn.Dropout(params.dropout_rate)
-        self.blocks = nn.ModuleList(
-            _Block(d, params.num_heads, params.dropout_rate, params.norm_first)
-            for _ in range(params.num_blocks)
-        )
+        self.blocks = nn.ModuleList(_Block(d, params) for _ in range(params.num_blocks))
         self.last_norm = nn.LayerNorm(d, eps=_LN_EPS)
         self.reset_parameters()
 
@@ -370,7 +401,7 @@ class SASRecNet(nn.Module):
         length = items.shape[1]
         if length > self.maxlen:
             raise ValueError(f"sequence width {length} > maxlen {self.maxlen}")
-        layout = _Layout.of(items)
+        layout = _Layout.of(items, self.maxlen)
         index = layout.index
         tokens = items.reshape(-1).index_select(0, index)  # [T]
         positions = index % length + (self.maxlen - length)  # [T], last column = maxlen - 1
@@ -386,6 +417,16 @@ class SASRecNet(nn.Module):
         stop = self.n_items if stop is None else stop
         return self.item_emb.weight[1 + start : 1 + stop]
 
+    def grow_items(self, n_new: int, generator: torch.Generator) -> list[str]:
+        """Append ``n_new`` Glorot-uniform item rows (fine-tuning); the grown parameters."""
+        old = self.item_emb.weight.detach()
+        rows = glorot_rows(n_new, old.shape[0], old.shape[1], generator)
+        table = nn.Embedding(old.shape[0] + n_new, old.shape[1], padding_idx=0).to(old.device)
+        with torch.no_grad():
+            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
+        self.item_emb = table
+        return ["item_emb.weight"]
+
     def l2_penalty(self) -> torch.Tensor:
         """``sum(w^2) / 2`` of both embedding tables (TF's ``l2_loss``)."""
         return 0.5 * (self.item_emb.weight.square().sum() + self.pos_emb.weight.square().sum())
@@ -394,263 +435,63 @@ class SASRecNet(nn.Module):
 # -------------------------------------------------------------------------------- the model
 
 
-class SASRec(Recommender):
+class SASRec(SequenceTransformer):
     """SASRec on the platform: a :class:`~recsys_pipeline.models.base.SequenceEncoder`
     (batched evaluation; the step path through
     :class:`~recsys_pipeline.models.base.EncoderStepAdapter`) and a
-    :class:`~recsys_pipeline.models.base.Recommender`.
+    :class:`~recsys_pipeline.models.base.Recommender`; training, fine-tuning and the saved
+    folder are :class:`~recsys_pipeline.models.sequence_model.SequenceTransformer`'s.
 
     Training data: one row per event, ``SessionId`` (a session or a user), ``ItemId``, ``Time``;
     a sequence is a session / a user's history in time order.
     """
 
     kind: ClassVar[str] = "sasrec"
-    task: ClassVar[str] = "next_item"
     params_class: ClassVar[type[ModelParams]] = SASRecParams
     padding: ClassVar[str] = "left"
-    uses_times: ClassVar[bool] = False
     prefix_consistent: ClassVar[bool] = False  # positions count from the end
+    desc: ClassVar[str] = "sasrec"
 
-    def __init__(self, params: SASRecParams | None = None) -> None:
-        self.params = params or SASRecParams()
-        self.item_ids = np.empty(0, dtype=np.int64)
-        self.support = np.empty(0, dtype=np.int64)
-        self.net: SASRecNet | None = None
-        self.history: list[Any] = []
-        self.best_epoch: int | None = None
-        self.fine_tune_rounds: list[dict[str, Any]] = []
-        self._optimizer_state: dict[str, Any] | None = None
-        self._device = resolve_device(self.params.device)
+    params: SASRecParams
+    net: SASRecNet | None
 
-    # ----------------------------------------------------------------------- contract basics
-    @property
-    def maxlen(self) -> int:
-        return self.params.maxlen
+    def _new_network(self, n_items: int) -> SASRecNet:
+        return SASRecNet(n_items, self.params)
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def _network(self) -> SASRecNet:
-        if self.net is None:
-            raise RuntimeError("SASRec is not fitted")
-        return self.net
-
-    @classmethod
-    def prepare_training_data(cls, train: pl.DataFrame) -> SessionData:
-        """The sequences of ``train`` (``SessionId`` per sequence; ``UserId`` if there is none)."""
-        return _sequences(train)
-
-    # -------------------------------------------------------------------------------- train
-    def fit(
-        self,
-        train: pl.DataFrame | SessionData,
-        valid: pl.DataFrame | None = None,
-        *,
-        checkpoint_dir: str | Path | None = None,
-        progress: bool = True,
-        callback: Callable[[EpochStats], None] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        """Train from scratch.
-
-        Args:
-            train: the training events (or :meth:`prepare_training_data`'s sequences).
-            valid: one target row per sequence (``SessionId``/``UserId``, ``ItemId``: the
-                leave-one-out validation item): the metric ``params.valid_metric`` of the
-                last-item protocol (full ranking, history excluded; input = the sequence's
-                ``train`` events) is computed after every epoch, early stopping with
-                ``params.patience`` and the best epoch's weights restored.
-            checkpoint_dir: write a checkpoint after every epoch and resume from it.
-            progress: show the progress bar.
-            callback: called with every finished epoch's stats (e.g. a tuning trial's report).
-        """
-        if kwargs:
-            raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
-        data = train if isinstance(train, SessionData) else _sequences(train)
-        if data.n_items == 0:
-            raise ValueError("SASRec.fit: the training data has no events")
-        p = self.params
-        torch.manual_seed(p.seed)
-        self.item_ids = np.asarray(data.item_ids)
-        self.support = np.bincount(np.asarray(data.items), minlength=data.n_items)
-        self.net = SASRecNet(data.n_items, p).to(self.device)
-        self.history, self.fine_tune_rounds, self._optimizer_state = [], [], None
-        self._train(
-            data, p.num_epochs, p.lr, p.seed, None, valid, train, checkpoint_dir, progress,
-            callback,
-        )  # fmt: skip
-        return self
-
-    def fine_tune(
-        self,
-        new_train: pl.DataFrame,
-        *,
-        n_epochs: int | None = None,
-        lr: float | None = None,
-        optimizer_state: str = "carry",
-        progress: bool = True,
-        **kwargs: Any,
-    ) -> Self:
-        """Continue training on ``new_train`` (its sequences only). Items first seen there are
-        appended to the vocabulary (ascending raw id) with new Glorot rows; with
-        ``optimizer_state="carry"`` Adam continues with its moments (zero rows for new items),
-        ``"reset"`` starts a fresh Adam. Round ``k`` draws from ``seed + 1000 k``."""
-        if kwargs:
-            raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
-        net = self._network()
-        if optimizer_state not in ("carry", "reset"):
-            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
-        if optimizer_state == "carry" and self._optimizer_state is None:
-            raise RuntimeError("no optimizer state to carry (saved without it?): use 'reset'")
-        frame = _as_sequence_frame(new_train)
-        if frame.height == 0:
-            raise ValueError("SASRec.fine_tune: empty frame")
-        known = set(self.item_ids.tolist())
-        new_ids = np.sort(
-            np.asarray([i for i in frame.get_column("ItemId").unique().to_list() if i not in known])
-        )
-        n_epochs = self.params.num_epochs if n_epochs is None else int(n_epochs)
-        lr = self.params.lr if lr is None else float(lr)
-        round_ = len(self.fine_tune_rounds) + 1
-        seed = self.params.seed + 1000 * round_
-        if len(new_ids):
-            self._grow(new_ids.astype(self.item_ids.dtype), seed)
-        data = sessions_from_frame(frame, item_ids=self.item_ids)
-        self.support = self.support + np.bincount(data.items, minlength=self.n_items)
-        carry = self._optimizer_state if optimizer_state == "carry" else None
-        self._train(data, n_epochs, lr, seed, carry, None, None, None, progress)
-        self.fine_tune_rounds.append(
-            {"round": round_, "n_epochs": n_epochs, "lr": lr, "new_items": int(len(new_ids)),
-             "optimizer_state": optimizer_state}
-        )  # fmt: skip
-        del net
-        return self
-
-    def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adam's state by parameter name (``exp_avg.<name>``, ``exp_avg_sq.<name>``,
-        ``step.<name>``); ``{}`` before training or when loaded without ``optimizer.pt``."""
-        return dict(self._optimizer_state or {})
-
-    def _grow(self, new_ids: np.ndarray, seed: int) -> None:
-        """Append ``new_ids`` to the vocabulary: new item rows (Glorot-uniform over the grown
-        table's fan) and zero Adam moments for them."""
-        net = self._network()
-        old = net.item_emb.weight.detach()
-        n_new, dim = len(new_ids), old.shape[1]
-        bound = math.sqrt(6.0 / (old.shape[0] + n_new + dim))
-        generator = torch.Generator().manual_seed(seed)
-        rows = (torch.rand(n_new, dim, generator=generator) * 2 - 1) * bound
-        table = nn.Embedding(old.shape[0] + n_new, dim, padding_idx=0).to(self.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
-        net.item_emb = table
-        self.item_ids = np.concatenate([self.item_ids, new_ids])
-        self.support = np.concatenate([self.support, np.zeros(n_new, dtype=self.support.dtype)])
-        if self._optimizer_state is not None:
-            state = self._optimizer_state
-            for key in ("exp_avg.item_emb.weight", "exp_avg_sq.item_emb.weight"):
-                if key in state:
-                    pad = torch.zeros(n_new, dim, dtype=state[key].dtype, device=state[key].device)
-                    state[key] = torch.cat([state[key], pad])
-
-    def _train(
-        self,
-        data: SessionData,
-        n_epochs: int,
-        lr: float,
-        seed: int,
-        optimizer_state: dict[str, Any] | None,
-        valid: pl.DataFrame | None,
-        train_frame: pl.DataFrame | SessionData | None,
-        checkpoint_dir: str | Path | None,
-        progress: bool,
-        callback: Callable[[EpochStats], None] | None = None,
-    ) -> None:
-        p, net, device = self.params, self._network(), self.device
-        optimizer = torch.optim.Adam(
-            net.parameters(),
-            lr=lr,
-            betas=(0.9, 0.98),
-            eps=1e-8,
-            fused=device.type in ("cpu", "cuda") or None,  # one kernel: 4x faster on CPU
-        )
-        if optimizer_state is not None:
-            _load_optimizer_state(net, optimizer, optimizer_state)
-        batcher = SequenceBatcher(
+    def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
+        return SequenceBatcher(
             data,
-            batch_size=p.batch_size,
-            maxlen=p.maxlen,
+            batch_size=self.params.batch_size,
+            maxlen=self.params.maxlen,
             mode="causal",
             padding="left",
             fixed_length=False,
             long="last",
             min_length=2,
-            bucket=p.bucket,
+            bucket=self.params.bucket,
             seed=seed,
-            device=device,
+            device=self.device,
         )
-        generator = torch.Generator(device=device).manual_seed(seed + 1)
-        history = (
-            torch.from_numpy(np.array(data.offsets, dtype=np.int64)).to(device),
-            torch.from_numpy(np.array(data.items, dtype=np.int64)).to(device),
+
+    def _make_optimizer(self, net: nn.Module, lr: float, n_steps: int) -> tuple[Any, None]:
+        optimizer = torch.optim.Adam(
+            net.parameters(),
+            lr=lr,
+            betas=(0.9, 0.98),
+            eps=1e-8,
+            fused=self.device.type in ("cpu", "cuda") or None,  # one kernel: 4x faster on CPU
         )
-        support = torch.from_numpy(self.support).to(device)
-        loss_fn = _loss_function(net, p, generator, history, support)
-        validate = None
-        if valid is not None:
-            if train_frame is None:
-                raise ValueError("validation needs the training frame")
-            validate = self._validator(train_frame, valid)
-        first_epoch = len(self.history)
-        config = LoopConfig(
-            n_epochs=n_epochs,
-            amp=p.amp,
-            cpu_bf16=p.cpu_bf16,
-            patience=p.patience if validate is not None else None,
-            restore_best=True,
-            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
-            cleanup=True,
-            progress=progress,
-            desc="sasrec",
-            metric_name=p.valid_metric,
-        )
-        result = train_epochs(
-            net,
-            optimizer,
-            batcher.epoch,
-            loss_fn,
-            config=config,
-            device=device,
-            validate=validate,
-            fingerprint=_fingerprint(p, data, seed, n_epochs, lr),
-            n_batches=lambda epoch: batcher.n_batches,
-            extra_state={"negatives": generator},
-            on_epoch=callback,
-        )
-        renumbered = [replace(s, epoch=s.epoch + first_epoch) for s in result.history]
-        self.history = self.history + renumbered
-        self.best_epoch = result.best_epoch
-        self._optimizer_state = _optimizer_state(net, optimizer)
+        return optimizer, None
 
-    def _validator(self, train: pl.DataFrame | SessionData, valid: pl.DataFrame) -> Any:
-        from recsys_pipeline.evaluation.last_item import evaluate_last_item
-
-        if isinstance(train, SessionData):
-            raise ValueError("validation needs the training events as a frame")
-        frame, targets = _as_sequence_frame(train), _as_sequence_frame(valid)
-        metric = self.params.valid_metric
-        cutoff = int(metric.split("@")[1]) if "@" in metric else 10
-
-        def validate() -> float:
-            result = evaluate_last_item(
-                self, frame, targets=targets, cutoffs=(cutoff,), user_key="SessionId"
-            )
-            if metric not in result:
-                raise ValueError(f"valid_metric {metric!r} not in {sorted(result)}")
-            return float(result[metric])
-
-        return validate
+    def _loss_function(
+        self,
+        net: nn.Module,
+        generator: torch.Generator,
+        history: tuple[torch.Tensor, torch.Tensor],
+        support: torch.Tensor,
+    ) -> Callable[[SequenceBatch], tuple[torch.Tensor, int]]:
+        assert isinstance(net, SASRecNet)
+        return _loss_function(net, self.params, generator, history, support)
 
     # ------------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -670,83 +511,8 @@ class SASRec(Recommender):
         table = self._network().item_table(start, stop)
         return query.to(table.dtype) @ table.T
 
-    def recommend(self, inputs: Any, k: int = 20, **kwargs: Any) -> RecommendResult:
-        """Top-``k`` raw ids after each sequence of raw ids (see ``serving.recommend``)."""
-        from recsys_pipeline.serving.recommend import recommend
-
-        return recommend(self, inputs, k=k, **kwargs)
-
-    # --------------------------------------------------------------------------- save/load
-    def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
-        """``model.json``, ``weights.pt`` (state dict), ``item_ids.json``, ``support.json``,
-        ``history.json``, and ``optimizer.pt`` (Adam moments by parameter name) for
-        fine-tuning."""
-        net = self._network()
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, directory / "weights.pt")
-        write_model_json(directory, self)
-        write_ids(directory / "item_ids.json", self.item_ids)
-        write_ids(directory / "support.json", np.asarray(self.support, dtype=np.int64))
-        records = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in self.history]
-        (directory / "history.json").write_text(
-            json.dumps({"epochs": records, "fine_tune_rounds": self.fine_tune_rounds})
-        )
-        if optimizer and self._optimizer_state is not None:
-            torch.save(_cpu(self._optimizer_state), directory / "optimizer.pt")
-        return directory
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> Self:
-        """Read a folder written by :meth:`save` (``weights_only=True``: nothing unpickled)."""
-        directory = Path(path)
-        params = SASRecParams.from_dict(saved_params(directory, cls.kind))
-        if device is not None:
-            params.device = str(device)
-        model = cls(params)
-        model.item_ids = read_ids(directory / "item_ids.json")
-        support = directory / "support.json"
-        model.support = (
-            read_ids(support) if support.exists() else np.ones(len(model.item_ids), np.int64)
-        )
-        model.net = SASRecNet(len(model.item_ids), params)
-        state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-        model.net.load_state_dict(state)
-        model.net.to(model.device).eval()
-        history = directory / "history.json"
-        if history.exists():
-            record = json.loads(history.read_text())
-            fields = {f.name for f in dataclasses.fields(EpochStats)}
-            model.history = [
-                EpochStats(**{k: v for k, v in r.items() if k in fields})
-                for r in record.get("epochs", [])
-            ]
-            model.fine_tune_rounds = record.get("fine_tune_rounds", [])
-        optimizer = directory / "optimizer.pt"
-        if optimizer.exists():
-            model._optimizer_state = torch.load(
-                optimizer, map_location=model.device, weights_only=True
-            )
-        return model
-
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _as_sequence_frame(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with its sequence key named ``SessionId`` (a ``UserId`` column is renamed)."""
-    if "SessionId" in frame.columns:
-        return frame
-    if "UserId" in frame.columns:
-        return frame.rename({"UserId": "SessionId"})
-    raise ValueError(f"frame needs a SessionId or UserId column (columns: {frame.columns})")
-
-
-def _sequences(train: pl.DataFrame) -> SessionData:
-    frame = _as_sequence_frame(train)
-    if "Time" not in frame.columns:
-        frame = frame.with_row_index("Time")
-    return sessions_from_frame(frame)
 
 
 def _loss_function(
@@ -805,43 +571,3 @@ def _loss_function(
         return loss, n
 
     return loss_fn
-
-
-def _optimizer_state(net: nn.Module, optimizer: torch.optim.Adam) -> dict[str, Any]:
-    """Adam's state as ``{"exp_avg.<name>", "exp_avg_sq.<name>", "step.<name>": tensor}`` over
-    parameter names, so it survives the item table being replaced (growth)."""
-    out: dict[str, Any] = {}
-    for name, param in net.named_parameters():
-        state = optimizer.state.get(param)
-        if not state:
-            continue
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            out[f"{key}.{name}"] = state[key].detach().clone()
-    return out
-
-
-def _load_optimizer_state(
-    net: nn.Module, optimizer: torch.optim.Adam, state: dict[str, Any]
-) -> None:
-    for name, param in net.named_parameters():
-        if f"exp_avg.{name}" not in state:
-            continue
-        optimizer.state[param] = {
-            key: state[f"{key}.{name}"].to(param.device if key != "step" else "cpu")
-            for key in ("exp_avg", "exp_avg_sq", "step")
-        }
-
-
-def _cpu(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def _fingerprint(p: SASRecParams, data: SessionData, seed: int, n_epochs: int, lr: float) -> str:
-    """What a checkpoint must match: parameters (device aside), seed, round and the data."""
-    digest = hashlib.sha256()
-    record = {**p.to_dict(), "device": None, "seed_used": seed, "n_epochs": n_epochs, "lr": lr}
-    digest.update(json.dumps(record, sort_keys=True).encode())
-    for array in (data.items, data.offsets):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(json.dumps(np.asarray(data.item_ids).tolist(), default=str).encode())
-    return digest.hexdigest()

@@ -1,0 +1,447 @@
+"""What every item-sequence transformer of the platform shares (SASRec, BERT4Rec, ...): the
+item vocabulary, training through the shared loop (:func:`~recsys_pipeline.training.loop.train_epochs`)
+with early stopping on the last-item protocol, fine-tuning with item growth and the optimiser's
+moments carried over, batched inference, and the saved folder.
+
+A model is a subclass that supplies its network and the parts that differ between models:
+
+* ``_new_network(n_items)``: the ``nn.Module``; it has ``n_items`` and
+  ``grow_items(rows [N, D]) -> names`` (append item rows, return the names of the parameters that
+  grew along dim 0, so the optimiser's moments get zero rows there);
+* ``_make_batcher(data, seed)``: the :class:`~recsys_pipeline.training.sequences.SequenceBatcher`
+  (causal or masked);
+* ``_make_optimizer(net, lr, n_steps)``: the optimiser (Adam / AdamW, by parameter names
+  in its state) and an optional per-step scheduler;
+* ``_loss_function(net, generator, history, support)``: mini-batch -> (loss, targets);
+* ``encode`` / ``score``: the :class:`~recsys_pipeline.models.base.SequenceEncoder` path.
+
+Training data: one row per event, ``SessionId`` (a session) or ``UserId`` (a user's history),
+``ItemId``, ``Time``; a sequence is the rows of one key in time order.
+
+Saved folder: ``model.json``, ``weights.pt`` (state dict, read with ``weights_only=True``),
+``item_ids.json``, ``support.json`` (training counts per item), ``history.json`` (epochs and
+fine-tuning rounds) and ``optimizer.pt`` (the optimiser's moments by parameter name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from recsys_pipeline.models.base import (
+    ModelParams,
+    Recommender,
+    RecommendResult,
+    saved_params,
+    write_model_json,
+)
+from recsys_pipeline.models.persistence import read_ids, write_ids
+from recsys_pipeline.training.device import resolve_device
+from recsys_pipeline.training.loop import LoopConfig, train_epochs
+from recsys_pipeline.training.sequences import SequenceBatch, SequenceBatcher
+from recsys_pipeline.training.session_iterator import SessionData, sessions_from_frame
+from recsys_pipeline.training.trainer import EpochStats
+
+__all__ = ["SequenceTransformer", "as_sequence_frame", "glorot_rows"]
+
+_MOMENTS = ("exp_avg", "exp_avg_sq", "step")
+
+
+class SequenceTransformer(Recommender):
+    """The shared plumbing (module docstring). ``params`` must have ``maxlen``, ``lr``,
+    ``seed``, ``device``, ``amp``, ``cpu_bf16``, ``patience``, ``valid_metric`` and an epochs
+    field (:attr:`ModelParams.epochs_field`)."""
+
+    task: ClassVar[str] = "next_item"
+    padding: ClassVar[str] = "left"
+    uses_times: ClassVar[bool] = False
+    prefix_consistent: ClassVar[bool] = False
+    #: the progress bar's label
+    desc: ClassVar[str] = "model"
+    #: clip the gradients' global norm to this (None: off)
+    grad_clip: ClassVar[float | None] = None
+
+    def __init__(self, params: ModelParams | None = None) -> None:
+        self.params: Any = params or self.params_class()
+        self.item_ids = np.empty(0, dtype=np.int64)
+        self.support = np.empty(0, dtype=np.int64)
+        self.net: Any = None
+        self.history: list[Any] = []
+        self.best_epoch: int | None = None
+        self.fine_tune_rounds: list[dict[str, Any]] = []
+        self._optimizer_state: dict[str, Any] | None = None
+        self._device = resolve_device(self.params.device)
+
+    # ------------------------------------------------------------------- what a model supplies
+    @abstractmethod
+    def _new_network(self, n_items: int) -> nn.Module:
+        """A freshly initialised network over ``n_items`` items."""
+
+    @abstractmethod
+    def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
+        """The training batches of ``data``."""
+
+    @abstractmethod
+    def _make_optimizer(
+        self, net: nn.Module, lr: float, n_steps: int
+    ) -> tuple[torch.optim.Optimizer, Any]:
+        """(optimiser, per-step scheduler or None) for ``n_steps`` optimiser steps."""
+
+    @abstractmethod
+    def _loss_function(
+        self,
+        net: nn.Module,
+        generator: torch.Generator,
+        history: tuple[torch.Tensor, torch.Tensor],
+        support: torch.Tensor,
+    ) -> Callable[[SequenceBatch], tuple[torch.Tensor, int]]:
+        """Mini-batch -> (loss, number of targets). ``history`` = (offsets, items) of the
+        training sequences on the device, ``support`` the training count per item."""
+
+    # ----------------------------------------------------------------------- contract basics
+    @property
+    def maxlen(self) -> int:
+        return int(self.params.maxlen)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _network(self) -> Any:
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        return self.net
+
+    @classmethod
+    def prepare_training_data(cls, train: pl.DataFrame) -> SessionData:
+        """The sequences of ``train`` (``SessionId`` per sequence; ``UserId`` if there is none)."""
+        return _sequences(train)
+
+    # -------------------------------------------------------------------------------- train
+    def fit(
+        self,
+        train: pl.DataFrame | SessionData,
+        valid: pl.DataFrame | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        callback: Callable[[EpochStats], None] | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Train from scratch.
+
+        Args:
+            train: the training events (or :meth:`prepare_training_data`'s sequences).
+            valid: one target row per sequence (``SessionId``/``UserId``, ``ItemId``: the
+                leave-one-out validation item): the metric ``params.valid_metric`` of the
+                last-item protocol (full ranking, history excluded; input = the sequence's
+                ``train`` events) is computed after every epoch, early stopping with
+                ``params.patience`` and the best epoch's weights restored.
+            checkpoint_dir: write a checkpoint after every epoch and resume from it.
+            progress: show the progress bar.
+            callback: called with every finished epoch's stats (e.g. a tuning trial's report).
+        """
+        if kwargs:
+            raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
+        data = train if isinstance(train, SessionData) else _sequences(train)
+        if data.n_items == 0:
+            raise ValueError(f"{type(self).__name__}.fit: the training data has no events")
+        p = self.params
+        torch.manual_seed(p.seed)
+        self.item_ids = np.asarray(data.item_ids)
+        self.support = np.bincount(np.asarray(data.items), minlength=data.n_items)
+        self.net = self._new_network(data.n_items).to(self.device)
+        self.history, self.fine_tune_rounds, self._optimizer_state = [], [], None
+        self._train(
+            data, p.epochs, p.lr, p.seed, None, valid, train, checkpoint_dir, progress, callback
+        )
+        return self
+
+    def fine_tune(
+        self,
+        new_train: pl.DataFrame,
+        *,
+        n_epochs: int | None = None,
+        lr: float | None = None,
+        optimizer_state: str = "carry",
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Continue training on ``new_train`` (its sequences only). Items first seen there are
+        appended to the vocabulary (ascending raw id) with new Glorot rows; with
+        ``optimizer_state="carry"`` the optimiser continues with its moments (zero rows for new
+        items), ``"reset"`` starts a fresh one. Round ``k`` draws from ``seed + 1000 k``."""
+        if kwargs:
+            raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
+        self._network()
+        if optimizer_state not in ("carry", "reset"):
+            raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
+        if optimizer_state == "carry" and self._optimizer_state is None:
+            raise RuntimeError("no optimizer state to carry (saved without it?): use 'reset'")
+        frame = as_sequence_frame(new_train)
+        if frame.height == 0:
+            raise ValueError(f"{type(self).__name__}.fine_tune: empty frame")
+        known = set(self.item_ids.tolist())
+        new_ids = np.sort(
+            np.asarray([i for i in frame.get_column("ItemId").unique().to_list() if i not in known])
+        )
+        n_epochs = self.params.epochs if n_epochs is None else int(n_epochs)
+        lr = self.params.lr if lr is None else float(lr)
+        round_ = len(self.fine_tune_rounds) + 1
+        seed = self.params.seed + 1000 * round_
+        if len(new_ids):
+            self._grow(new_ids.astype(self.item_ids.dtype), seed)
+        data = sessions_from_frame(frame, item_ids=self.item_ids)
+        self.support = self.support + np.bincount(data.items, minlength=self.n_items)
+        carry = self._optimizer_state if optimizer_state == "carry" else None
+        self._train(data, n_epochs, lr, seed, carry, None, None, None, progress)
+        self.fine_tune_rounds.append(
+            {"round": round_, "n_epochs": n_epochs, "lr": lr, "new_items": int(len(new_ids)),
+             "optimizer_state": optimizer_state}
+        )  # fmt: skip
+        return self
+
+    def optimizer_state_dict(self) -> dict[str, torch.Tensor]:
+        """The optimiser's state by parameter name (``exp_avg.<name>``, ``exp_avg_sq.<name>``,
+        ``step.<name>``); ``{}`` before training or when loaded without ``optimizer.pt``."""
+        return dict(self._optimizer_state or {})
+
+    def _grow(self, new_ids: np.ndarray, seed: int) -> None:
+        """Append ``new_ids`` to the vocabulary: the network's new item rows and zero moments
+        for them in the carried optimiser state."""
+        net = self._network()
+        generator = torch.Generator().manual_seed(seed)
+        grown = net.grow_items(len(new_ids), generator)
+        self.item_ids = np.concatenate([self.item_ids, new_ids])
+        self.support = np.concatenate(
+            [self.support, np.zeros(len(new_ids), dtype=self.support.dtype)]
+        )
+        if self._optimizer_state is None:
+            return
+        state, params = self._optimizer_state, dict(net.named_parameters())
+        for name in grown:
+            for key in ("exp_avg", "exp_avg_sq"):
+                old = state.get(f"{key}.{name}")
+                if old is None:
+                    continue
+                rows = params[name].shape[0] - old.shape[0]
+                pad = old.new_zeros((rows, *old.shape[1:]))
+                state[f"{key}.{name}"] = torch.cat([old, pad])
+
+    def _train(
+        self,
+        data: SessionData,
+        n_epochs: int,
+        lr: float,
+        seed: int,
+        optimizer_state: dict[str, Any] | None,
+        valid: pl.DataFrame | None,
+        train_frame: pl.DataFrame | SessionData | None,
+        checkpoint_dir: str | Path | None,
+        progress: bool,
+        callback: Callable[[EpochStats], None] | None = None,
+    ) -> None:
+        p, net, device = self.params, self._network(), self.device
+        batcher = self._make_batcher(data, seed)
+        optimizer, scheduler = self._make_optimizer(net, lr, n_epochs * batcher.n_batches)
+        if optimizer_state is not None:
+            load_optimizer_state(net, optimizer, optimizer_state)
+        generator = torch.Generator(device=device).manual_seed(seed + 1)
+        history = (
+            torch.from_numpy(np.array(data.offsets, dtype=np.int64)).to(device),
+            torch.from_numpy(np.array(data.items, dtype=np.int64)).to(device),
+        )
+        support = torch.from_numpy(self.support).to(device)
+        loss_fn = self._loss_function(net, generator, history, support)
+        validate = None
+        if valid is not None:
+            if train_frame is None:
+                raise ValueError("validation needs the training frame")
+            validate = self._validator(train_frame, valid)
+        first_epoch = len(self.history)
+        config = LoopConfig(
+            n_epochs=n_epochs,
+            amp=p.amp,
+            cpu_bf16=p.cpu_bf16,
+            patience=p.patience if validate is not None else None,
+            restore_best=True,
+            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+            cleanup=True,
+            progress=progress,
+            desc=self.desc,
+            metric_name=p.valid_metric,
+            grad_clip=self.grad_clip,
+        )
+        result = train_epochs(
+            net,
+            optimizer,
+            batcher.epoch,
+            loss_fn,
+            config=config,
+            device=device,
+            validate=validate,
+            scheduler=scheduler,
+            fingerprint=_fingerprint(p, data, seed, n_epochs, lr),
+            n_batches=lambda epoch: batcher.n_batches,
+            extra_state={"negatives": generator},  # the name older checkpoints use
+            on_epoch=callback,
+        )
+        renumbered = [replace(s, epoch=s.epoch + first_epoch) for s in result.history]
+        self.history = self.history + renumbered
+        self.best_epoch = result.best_epoch
+        self._optimizer_state = optimizer_state_by_name(net, optimizer)
+
+    def _validator(self, train: pl.DataFrame | SessionData, valid: pl.DataFrame) -> Any:
+        from recsys_pipeline.evaluation.last_item import evaluate_last_item
+
+        if isinstance(train, SessionData):
+            raise ValueError("validation needs the training events as a frame")
+        frame, targets = as_sequence_frame(train), as_sequence_frame(valid)
+        metric = self.params.valid_metric
+        cutoff = int(metric.split("@")[1]) if "@" in metric else 10
+
+        def validate() -> float:
+            result = evaluate_last_item(
+                self, frame, targets=targets, cutoffs=(cutoff,), user_key="SessionId"
+            )
+            if metric not in result:
+                raise ValueError(f"valid_metric {metric!r} not in {sorted(result)}")
+            return float(result[metric])
+
+        return validate
+
+    # ------------------------------------------------------------------------ inference
+    def recommend(self, inputs: Any, k: int = 20, **kwargs: Any) -> RecommendResult:
+        """Top-``k`` raw ids after each sequence of raw ids (see ``serving.recommend``)."""
+        from recsys_pipeline.serving.recommend import recommend
+
+        return recommend(self, inputs, k=k, **kwargs)
+
+    # --------------------------------------------------------------------------- save/load
+    def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
+        """The folder of the module docstring (``optimizer.pt`` only with ``optimizer``)."""
+        net = self._network()
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, directory / "weights.pt")
+        write_model_json(directory, self)
+        write_ids(directory / "item_ids.json", self.item_ids)
+        write_ids(directory / "support.json", np.asarray(self.support, dtype=np.int64))
+        records = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in self.history]
+        (directory / "history.json").write_text(
+            json.dumps({"epochs": records, "fine_tune_rounds": self.fine_tune_rounds})
+        )
+        if optimizer and self._optimizer_state is not None:
+            torch.save(_cpu(self._optimizer_state), directory / "optimizer.pt")
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> Self:
+        """Read a folder written by :meth:`save` (``weights_only=True``: nothing unpickled)."""
+        directory = Path(path)
+        params = cls.params_class.from_dict(saved_params(directory, cls.kind))
+        if device is not None:
+            params.device = str(device)
+        model = cls(params)
+        model.item_ids = read_ids(directory / "item_ids.json")
+        support = directory / "support.json"
+        model.support = (
+            read_ids(support) if support.exists() else np.ones(len(model.item_ids), np.int64)
+        )
+        model.net = model._new_network(len(model.item_ids))
+        state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+        model.net.load_state_dict(state)
+        model.net.to(model.device).eval()
+        history = directory / "history.json"
+        if history.exists():
+            record = json.loads(history.read_text())
+            fields = {f.name for f in dataclasses.fields(EpochStats)}
+            model.history = [
+                EpochStats(**{k: v for k, v in r.items() if k in fields})
+                for r in record.get("epochs", [])
+            ]
+            model.fine_tune_rounds = record.get("fine_tune_rounds", [])
+        optimizer = directory / "optimizer.pt"
+        if optimizer.exists():
+            model._optimizer_state = torch.load(
+                optimizer, map_location=model.device, weights_only=True
+            )
+        return model
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def as_sequence_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its sequence key named ``SessionId`` (a ``UserId`` column is renamed)."""
+    if "SessionId" in frame.columns:
+        return frame
+    if "UserId" in frame.columns:
+        return frame.rename({"UserId": "SessionId"})
+    raise ValueError(f"frame needs a SessionId or UserId column (columns: {frame.columns})")
+
+
+def glorot_rows(n_new: int, old_rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n_new, dim]`` Glorot-uniform rows for a table growing from ``old_rows`` rows."""
+    bound = math.sqrt(6.0 / (old_rows + n_new + dim))
+    return (torch.rand(n_new, dim, generator=generator) * 2 - 1) * bound
+
+
+def optimizer_state_by_name(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Adam's / AdamW's state as ``{"exp_avg.<name>", "exp_avg_sq.<name>", "step.<name>":
+    tensor}`` over parameter names, so it survives the item table being replaced (growth)."""
+    out: dict[str, Any] = {}
+    for name, param in net.named_parameters():
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for key in _MOMENTS:
+            out[f"{key}.{name}"] = state[key].detach().clone()
+    return out
+
+
+def load_optimizer_state(
+    net: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Put :func:`optimizer_state_by_name`'s state into ``optimizer`` (over ``net``)."""
+    for name, param in net.named_parameters():
+        if f"exp_avg.{name}" not in state:
+            continue
+        optimizer.state[param] = {
+            key: state[f"{key}.{name}"].to(param.device if key != "step" else "cpu")
+            for key in _MOMENTS
+        }
+
+
+def _sequences(train: pl.DataFrame) -> SessionData:
+    frame = as_sequence_frame(train)
+    if "Time" not in frame.columns:
+        frame = frame.with_row_index("Time")
+    return sessions_from_frame(frame)
+
+
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _fingerprint(p: ModelParams, data: SessionData, seed: int, n_epochs: int, lr: float) -> str:
+    """What a checkpoint must match: parameters (device aside), seed, round and the data."""
+    digest = hashlib.sha256()
+    record = {**p.to_dict(), "device": None, "seed_used": seed, "n_epochs": n_epochs, "lr": lr}
+    digest.update(json.dumps(record, sort_keys=True).encode())
+    for array in (data.items, data.offsets):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(np.asarray(data.item_ids).tolist(), default=str).encode())
+    return digest.hexdigest()
