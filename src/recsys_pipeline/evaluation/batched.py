@@ -15,7 +15,8 @@ Without a ``maxlen`` (an RNN) every stream is one head row. A model whose query 
 depends on more than the items up to it and their positions from the sequence start
 (``model.prefix_consistent`` False: e.g. positions counted from the end, as the SASRec reference
 does with its left padding) gets a tail row for every target instead: each target is then
-encoded exactly as the step path encodes it, at the cost of one row per target. Rows are sorted by length and cut
+encoded exactly as the step path encodes it (``encode(last_only=True)``: a masked model such as
+BERT4Rec appends its mask there), at the cost of one row per target. Rows are sorted by length and cut
 into batches of at most ``batch_size`` rows and ``token_budget`` padded positions, so padding
 stays small; a batch is padded on the side the model asks for (``model.padding``).
 """
@@ -143,12 +144,15 @@ def run_batched(
                 mask=None,
                 padding="left" if left else "right",
             )
-            queries = model.encode(batch, last_only=False)  # [B, L, D]
             r, c = np.nonzero(wanted)
             if len(r) == 0:
                 continue
             tpos = nxt[r, c]
-            query = queries[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)]
+            if consistent:
+                queries = model.encode(batch, last_only=False)  # [B, L, D]
+                query = queries[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)]
+            else:  # every row is a tail row: its last position is its only query
+                query = model.encode(batch, last_only=True)[torch.from_numpy(r).to(device)]
             tpos_t = torch.from_numpy(tpos).to(device)
             uniform = uniform_all[tpos_t] if uniform_all is not None else None
             seen = repeat = None

@@ -48,6 +48,7 @@ BUILTIN: dict[str, str] = {
     "gru4rec": "recsys_pipeline.models.gru4rec:GRU4Rec",
     "neumf": "recsys_pipeline.models.neumf:NeuMF",
     "sasrec": "recsys_pipeline.models.sasrec:SASRec",
+    "bert4rec": "recsys_pipeline.models.bert4rec:BERT4Rec",
 }
 
 _REGISTERED: dict[str, type[Recommender]] = {}

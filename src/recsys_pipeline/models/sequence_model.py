@@ -70,8 +70,6 @@ class SequenceTransformer(Recommender):
     prefix_consistent: ClassVar[bool] = False
     #: the progress bar's label
     desc: ClassVar[str] = "model"
-    #: clip the gradients' global norm to this (None: off)
-    grad_clip: ClassVar[float | None] = None
 
     def __init__(self, params: ModelParams | None = None) -> None:
         self.params: Any = params or self.params_class()
@@ -109,6 +107,10 @@ class SequenceTransformer(Recommender):
     ) -> Callable[[SequenceBatch], tuple[torch.Tensor, int]]:
         """Mini-batch -> (loss, number of targets). ``history`` = (offsets, items) of the
         training sequences on the device, ``support`` the training count per item."""
+
+    def _grad_clip(self) -> float | None:
+        """Clip the gradients' global norm to this (None: off)."""
+        return None
 
     # ----------------------------------------------------------------------- contract basics
     @property
@@ -282,7 +284,7 @@ class SequenceTransformer(Recommender):
             progress=progress,
             desc=self.desc,
             metric_name=p.valid_metric,
-            grad_clip=self.grad_clip,
+            grad_clip=self._grad_clip(),
         )
         result = train_epochs(
             net,

@@ -26,7 +26,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPT_METHODS", "IndexedAdagradM", "clip_grad_norm"]
+__all__ = ["ADAPT_METHODS", "IndexedAdagradM", "clip_grad_norm", "warmup_linear_decay"]
 
 ADAPT_METHODS = ("adagrad", "sgd")
 
@@ -175,3 +175,18 @@ def clip_grad_norm(grads: list[torch.Tensor], cap: float) -> torch.Tensor:
     for g in grads:
         g.mul_(scale)
     return norm
+
+
+def warmup_linear_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """BERT's schedule (``optimization.py``) as a per-step :class:`~torch.optim.lr_scheduler.LambdaLR`:
+    ``lr * step / warmup_steps`` during the warm-up, then ``lr * (1 - step / total_steps)``
+    (the polynomial decay of power 1 counts from step 0, so it starts just below ``lr``)."""
+    warmup, total = max(int(warmup_steps), 0), max(int(total_steps), 1)
+
+    def factor(step: int) -> float:
+        decayed = max(0.0, 1.0 - step / total)
+        return step / warmup if step < warmup else decayed
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

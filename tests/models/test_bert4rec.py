@@ -1,0 +1,253 @@
+"""BERT4Rec: the forward pass against an independent re-statement of the original's BERT code,
+the known port flaws (loss on unmasked positions, untied output, no mask at test time, the
+prediction seeing its own target, attended padding), the shared behavioural tests, persistence
+and fine-tuning with item growth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys_pipeline.evaluation.last_item import evaluate_last_item
+from recsys_pipeline.models import registry
+from recsys_pipeline.models.bert4rec import BERT4Rec, BERT4RecNet, BERT4RecParams
+from recsys_pipeline.training.optim import warmup_linear_decay
+from recsys_pipeline.training.sequences import PAD, SequenceBatch
+from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
+
+SMALL = dict(maxlen=8, hidden_units=12, num_blocks=2, num_heads=2, inner_size=20, device="cpu")
+
+
+def _random_net(params: BERT4RecParams, n_items: int = 40, seed: int = 0) -> BERT4RecNet:
+    """Every parameter random (norm gains and biases too): a misplaced norm shows."""
+    torch.manual_seed(seed)
+    net = BERT4RecNet(n_items, params)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        net.item_emb.weight[0].zero_()
+    return net.eval()
+
+
+def _ln(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-12) * norm.weight + norm.bias
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:  # BERT's TF gelu (tanh approximation)
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _bert_forward(net: BERT4RecNet, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+    """Google BERT's ``BertModel`` + BERT4Rec's ``get_masked_lm_output`` transform, re-stated
+    with explicit per-head loops: ``ids [B, L]`` 0-based items, -1 padding on the right,
+    ``mask`` True where [MASK] is. Returns the transformed outputs ``[B, L, D]``."""
+    items = torch.as_tensor(ids)
+    is_mask = torch.as_tensor(mask)
+    b, n = items.shape
+    d = net.item_emb.embedding_dim
+    x = net.item_emb.weight[(items + 1).clamp(min=0)]
+    x = torch.where(is_mask.unsqueeze(-1), net.mask_emb, x) + net.pos_emb.weight[:n]
+    x = _ln(x, net.emb_norm)
+    input_mask = ((items >= 0) | is_mask).float()  # [B, L]
+    adder = (1.0 - input_mask[:, None, :]) * -10000.0  # BERT's attention mask
+    for layer in net.encoder.layers:
+        attn = layer.self_attn
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+        q, k, v = x @ w_q.T + b_q, x @ w_k.T + b_k, x @ w_v.T + b_v
+        heads, size = attn.num_heads, d // attn.num_heads
+        outs = []
+        for h in range(heads):
+            part = slice(h * size, (h + 1) * size)
+            scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(size) + adder
+            outs.append(torch.softmax(scores, -1) @ v[..., part])
+        context = torch.cat(outs, -1) @ attn.out_proj.weight.T + attn.out_proj.bias
+        x = _ln(context + x, layer.norm1)
+        inner = _gelu(x @ layer.linear1.weight.T + layer.linear1.bias)
+        x = _ln(inner @ layer.linear2.weight.T + layer.linear2.bias + x, layer.norm2)
+    return _ln(_gelu(x @ net.transform.weight.T + net.transform.bias), net.transform_norm)
+
+
+def _right_padded(rows: list[list[int]], width: int) -> np.ndarray:
+    out = np.full((len(rows), width), PAD, dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return out
+
+
+ROWS = [[3, 7, 1, 22, 5, 9], [11, 2], [4, 4, 30, 8, 8, 19, 0, 2], [17]]
+
+
+def test_forward_is_berts() -> None:
+    net = _random_net(BERT4RecParams(**SMALL))
+    items = _right_padded(ROWS, 8)
+    mask = np.zeros_like(items, dtype=bool)
+    mask[0, 2] = mask[0, 5] = mask[2, 7] = mask[3, 0] = True
+    with torch.no_grad():
+        ours = net(torch.as_tensor(items), torch.as_tensor(mask))
+        reference = _bert_forward(net, items, mask)
+    real = torch.as_tensor(items >= 0)
+    torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=1e-5)
+
+
+def test_the_restatement_is_sharp() -> None:
+    """Pre-LN instead of post-LN, or the exact erf GELU, give other outputs."""
+    net = _random_net(BERT4RecParams(**SMALL))
+    items = _right_padded(ROWS, 8)
+    mask = np.zeros_like(items, dtype=bool)
+    with torch.no_grad():
+        reference = _bert_forward(net, items, mask)
+        for layer in net.encoder.layers:
+            layer.norm_first = True
+        pre_ln = net(torch.as_tensor(items), torch.as_tensor(mask))
+    real = torch.as_tensor(items >= 0)
+    assert not torch.allclose(pre_ln[real], reference[real], atol=1e-3)
+
+
+def test_bidirectional_and_padding_never_attended() -> None:
+    """An earlier position's output depends on a later item (bidirectional), and a row's
+    outputs do not depend on how much padding the batch adds."""
+    net = _random_net(BERT4RecParams(**SMALL))
+    row = [5, 9, 13, 2]
+    no_mask = torch.zeros(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        base = net(torch.as_tensor([row]), no_mask)
+        changed = net(torch.as_tensor([[5, 9, 13, 30]]), no_mask)
+        wide = net(torch.as_tensor(_right_padded([row, [1] * 8], 8)),
+                   torch.zeros(2, 8, dtype=torch.bool))  # fmt: skip
+    assert not torch.allclose(base[0, 0], changed[0, 0], atol=1e-4)
+    torch.testing.assert_close(wide[0, :4], base[0])
+
+
+def test_output_is_tied_with_a_bias() -> None:
+    net = _random_net(BERT4RecParams(**SMALL))
+    h = torch.randn(3, 12)
+    expected = h @ net.item_emb.weight[1:].T + net.out_bias
+    torch.testing.assert_close(net.logits(h), expected)
+    with torch.no_grad():
+        net.item_emb.weight[5].add_(1.0)  # item index 4's row: its score moves, others stay
+    moved = net.logits(h)
+    assert not torch.allclose(moved[:, 4], expected[:, 4])
+    torch.testing.assert_close(moved[:, :4], expected[:, :4])
+
+
+def test_loss_only_at_masked_positions() -> None:
+    """Changing a label at an unselected position changes nothing; the loss is the mean CE of
+    the selected positions' logits."""
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecParams(**SMALL, hidden_dropout=0.0, attention_dropout=0.0))
+    model.net = _random_net(model.params)
+    net = model.net
+    items = torch.as_tensor(_right_padded(ROWS, 8))
+    mask = torch.zeros_like(items, dtype=torch.bool)
+    mask[0, 1] = mask[2, 4] = True
+    targets = torch.full_like(items, PAD)
+    targets[0, 1], targets[2, 4] = 7, 8
+    batch = SequenceBatch(items=items, lengths=(items >= 0).sum(1), targets=targets, times=None,
+                          mask=mask, padding="right")  # fmt: skip
+    loss_fn = model._loss_function(net, torch.Generator(), (None, None), None)  # type: ignore[arg-type]
+    loss, n = loss_fn(batch)
+    h = net(items, mask)
+    expected = torch.nn.functional.cross_entropy(
+        net.logits(torch.stack([h[0, 1], h[2, 4]])), torch.tensor([7, 8])
+    )
+    assert n == 2
+    torch.testing.assert_close(loss, expected)
+
+
+def _model(**overrides) -> BERT4Rec:
+    params = dict(maxlen=8, hidden_units=32, num_epochs=30, lr=0.005, hidden_dropout=0.1,
+                  attention_dropout=0.1, mask_prob=0.3, mask_last_prob=0.3, batch_size=64,
+                  warmup_steps=10, device="cpu")  # fmt: skip
+    return BERT4Rec(BERT4RecParams(**(params | overrides)))
+
+
+def test_the_test_query_is_an_appended_mask_that_never_sees_its_target() -> None:
+    """The evaluation's rows (mask appended after the input), ``recommend`` and the step path
+    (a mask appended by ``encode``) give the same scores, and the held-out target is not in
+    the input: replacing it leaves the scores unchanged."""
+    torch.set_num_threads(1)
+    train = successor_sessions(20, 100, seed=1)
+    model = _model(num_epochs=2).fit(train, progress=False)
+    ids = model.item_ids[[3, 5, 7, 1]].tolist()
+    via_recommend = model.recommend([ids], k=5)
+    query = model.encode(
+        SequenceBatch(items=torch.as_tensor(model.item_index(np.asarray(ids)))[None],
+                      lengths=torch.tensor([4]), targets=torch.full((1, 4), PAD), times=None,
+                      mask=None, padding="right"),
+        last_only=True,
+    )  # fmt: skip
+    step_top = torch.topk(model.score(query), 5).indices[0].numpy()
+    np.testing.assert_array_equal(model.item_ids[step_top], via_recommend.items[0])
+    scores = model.score(query)[0]
+    for target in (ids[0], ids[2], model.item_ids[9]):
+        frame = pl.DataFrame({"SessionId": [1] * 5, "ItemId": ids + [target], "Time": range(5)})
+        result = evaluate_last_item(model, frame, user_key="SessionId", cutoffs=(50,),
+                                    exclude_history=False)  # fmt: skip
+        index = int(model.item_index(np.asarray([target]))[0])
+        rank = 1 + int((scores > scores[index]).sum())
+        assert result["mrr@50"] == pytest.approx(1 / rank)  # the same query for every target
+    assert model.last_item_mask == "append"
+
+
+class TestBERT4RecBehaviour(NextItemModelBehaviour):
+    min_recall_at_1 = 0.5
+    batch_tolerance = 1e-5
+
+    def make_model(self, train: pl.DataFrame) -> BERT4Rec:
+        torch.set_num_threads(1)
+        return _model().fit(train, progress=False)
+
+
+def test_learns_the_successor_under_the_last_item_protocol() -> None:
+    torch.set_num_threads(1)
+    train = successor_sessions(30, 300, seed=1)
+    test = successor_sessions(30, 60, seed=2, first_session_id=10**6)
+    model = _model().fit(train, progress=False)
+    assert model.history[-1].loss < model.history[0].loss
+    result = evaluate_last_item(model, test, user_key="SessionId", exclude_history=False)
+    assert result["recall@5"] >= 0.9, dict(result)  # chance: 5 / 30
+
+
+def test_registry_save_load_and_fine_tune_with_growth(tmp_path) -> None:
+    torch.set_num_threads(1)
+    train = successor_sessions(20, 100, seed=1)
+    model = registry.create_model("bert4rec", {**_model(num_epochs=2).params.to_dict()})
+    model.fit(train, progress=False)
+    folder = model.save(tmp_path / "m")
+    loaded = registry.load_model(folder)
+    assert isinstance(loaded, BERT4Rec)
+    ids = model.item_ids[:3].tolist()
+    a, b = model.recommend([ids], k=5), loaded.recommend([ids], k=5)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    new = successor_sessions(25, 40, seed=3, first_session_id=10**5)  # 5 new items
+    n_before = loaded.n_items
+    loaded.fine_tune(new, n_epochs=1, progress=False)
+    assert loaded.n_items == n_before + 5
+    assert loaded.net.out_bias.shape[0] == loaded.n_items
+    state = loaded.optimizer_state_dict()
+    assert state["exp_avg.out_bias"].shape[0] == loaded.n_items
+
+
+def test_bad_parameters_are_named() -> None:
+    with pytest.raises(ValueError, match="mask_prob.*replace"):
+        BERT4RecParams(mask_prob=0.0, replace="90/5/5")
+
+
+def test_warmup_then_linear_decay_as_bert() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_linear_decay(opt, warmup_steps=10, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)
+    assert lrs[10] == pytest.approx(0.9) and lrs[99] == pytest.approx(0.01)
