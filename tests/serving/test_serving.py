@@ -380,3 +380,20 @@ def test_sasrec_served_over_http_answers_like_recommend(tracking: str, tmp_path:
         )
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"session": []}]})
         assert status == 400 and "empty session" in answer.get("message", "")
+
+
+# ----------------------------------------------------------------------------- BERT4Rec
+def test_bert4rec_pyfunc_answers_like_recommend(tracking: str) -> None:
+    """BERT4Rec through the one pyfunc (the step path: ``encode`` appends its mask slot)
+    answers as ``recommend`` (the appended-mask rows of the evaluation)."""
+    from recsys_pipeline.models.bert4rec import BERT4Rec, BERT4RecParams
+
+    params = BERT4RecParams(maxlen=6, hidden_units=16, num_epochs=2, lr=0.005, device="cpu")
+    model = BERT4Rec(params).fit(successor_sessions(N_ITEMS, 200, seed=0), progress=False)
+    info = log_pyfunc_model(model, max_batch=MAX_BATCH, torch_threads=1)
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    sessions = _sessions(model)
+    expected = recommend(model, sessions, k=5)
+    out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
+    assert out["items"].tolist() == expected.items.tolist()
+    np.testing.assert_allclose(np.stack(out["scores"]), expected.scores, rtol=1e-5, atol=1e-6)
