@@ -251,3 +251,14 @@ def test_warmup_then_linear_decay_as_bert() -> None:
         sched.step()
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)
     assert lrs[10] == pytest.approx(0.9) and lrs[99] == pytest.approx(0.01)
+
+
+def test_constant_schedule_after_the_warmup() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_linear_decay(opt, warmup_steps=4, total_steps=None)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and lrs[9] == 1.0

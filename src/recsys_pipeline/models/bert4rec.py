@@ -80,6 +80,7 @@ __all__ = ["BERT4Rec", "BERT4RecNet", "BERT4RecParams"]
 _LN_EPS = 1e-12  # BERT's layer_norm
 REPLACE = ("mask", "80/10/10")
 LONG = ("last", "split")
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass
@@ -110,6 +111,8 @@ class BERT4RecParams(ModelParams):
         lr: peak learning rate (1e-4).
         weight_decay: decoupled weight decay (0.01).
         warmup_steps: linear warm-up steps (100).
+        lr_schedule: after the warm-up, ``"linear"`` decay to 0 at the last step (the
+            original) or ``"constant"`` (e.g. Klenitskiy & Vasilev's BERT4Rec: Adam at 1e-3).
         grad_clip: global gradient-norm clip (1.0).
         batch_size: rows per batch (256).
         num_epochs: training epochs (the original counts steps: 400,000 of 256 rows).
@@ -139,6 +142,7 @@ class BERT4RecParams(ModelParams):
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    lr_schedule: str = "linear"
     grad_clip: float | None = 1.0
     batch_size: int = 256
     num_epochs: int = 200
@@ -173,6 +177,8 @@ class BERT4RecParams(ModelParams):
             errors.append(f"max_predictions must be >= 1 or None, got {self.max_predictions}")
         if self.replace not in REPLACE:
             errors.append(f"replace must be one of {REPLACE}, got {self.replace!r}")
+        if self.lr_schedule not in SCHEDULES:
+            errors.append(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.long not in LONG:
             errors.append(f"long must be one of {LONG}, got {self.long!r}")
         if self.stride is not None and not 1 <= self.stride <= self.maxlen:
@@ -336,7 +342,9 @@ class BERT4Rec(SequenceTransformer):
             lr=lr, betas=(0.9, 0.999), eps=1e-6,
             fused=self.device.type in ("cpu", "cuda") or None,
         )  # fmt: skip
-        return optimizer, warmup_linear_decay(optimizer, self.params.warmup_steps, n_steps)
+        p = self.params
+        total = n_steps if p.lr_schedule == "linear" else None
+        return optimizer, warmup_linear_decay(optimizer, p.warmup_steps, total)
 
     def _grad_clip(self) -> float | None:
         return self.params.grad_clip

@@ -178,15 +178,16 @@ def clip_grad_norm(grads: list[torch.Tensor], cap: float) -> torch.Tensor:
 
 
 def warmup_linear_decay(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """BERT's schedule (``optimization.py``) as a per-step :class:`~torch.optim.lr_scheduler.LambdaLR`:
     ``lr * step / warmup_steps`` during the warm-up, then ``lr * (1 - step / total_steps)``
-    (the polynomial decay of power 1 counts from step 0, so it starts just below ``lr``)."""
-    warmup, total = max(int(warmup_steps), 0), max(int(total_steps), 1)
+    (the polynomial decay of power 1 counts from step 0, so it starts just below ``lr``);
+    ``total_steps=None``: no decay, ``lr`` after the warm-up."""
+    warmup = max(int(warmup_steps), 0)
 
     def factor(step: int) -> float:
-        decayed = max(0.0, 1.0 - step / total)
+        decayed = 1.0 if total_steps is None else max(0.0, 1.0 - step / max(total_steps, 1))
         return step / warmup if step < warmup else decayed
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
