@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ours: 'tf' (the original network, default) or 'pmixer' (the port's attention: "
         "padding attended, output projection), to attribute a gap to the port's network",
     )  # fmt: skip
+    p.add_argument("--save-model", action="store_true", help="ours: keep each trained model")
+    p.add_argument(
+        "--reference-means", type=float, nargs=2, metavar=("NDCG", "HR"),
+        help="with --skip-reference: the reference's mean test NDCG@10 / HR@10 of an earlier "
+        "run (same data, configuration, epochs, seeds) for the comparison lines",
+    )  # fmt: skip
     p.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -140,8 +146,14 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     sampled = {"ranking": "sampled", "n_negatives": 100, "max_users": 10_000}
     metrics |= last_item("valid_sampled", train, targets=valid, **sampled)
     metrics |= last_item("test_sampled", train, targets=test, append=valid, **sampled)
+    # like the port: users whose test item never occurs in training are evaluated (as misses)
+    metrics |= last_item(
+        "test_sampled_all", train, targets=test, append=valid, unknown_targets="miss", **sampled
+    )
     metrics |= last_item("test_full_excl", train, targets=test, append=valid)
     metrics |= last_item("test_full_incl", train, targets=test, append=valid, exclude_history=False)
+    if args.save_model:
+        model.save(args.out.with_suffix(""), optimizer=False)
     return {
         "leg": "ours",
         "variant": args.variant,
@@ -165,7 +177,7 @@ def _child_ours(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
            "--out", str(out), "--data", str(args.data), "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--bucket", str(args.bucket),
-           "--variant", args.variant]  # fmt: skip
+           "--variant", args.variant] + (["--save-model"] if args.save_model else [])  # fmt: skip
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
@@ -212,8 +224,12 @@ def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def report(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """The table and the summary record."""
+def report(
+    runs: list[dict[str, Any]], reference_means: list[float] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The table and the summary record. ``test_sampled`` skips users whose test item never
+    occurs in training; ``test_sampled_all`` counts them as misses, as the port's evaluation
+    does (it scores every user): the like-for-like comparison."""
     ours = [r for r in runs if r["leg"] == "ours"]
     ref = [r for r in runs if r["leg"] == "reference"]
     lines = [
@@ -227,8 +243,13 @@ def report(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             f"{m['test_sampled.sampled100_ndcg@10']:.4f}        {m['test_sampled.sampled100_hr@10']:.4f}"
         )
     summary: dict[str, Any] = {"n_ours": len(ours), "n_reference": len(ref)}
-    for name in ("test_sampled.sampled100_ndcg@10", "test_sampled.sampled100_hr@10"):
-        a, b = _mean(ours, name), _mean(ref, name)
+    given = dict(zip(("ndcg", "hr"), reference_means or (), strict=False))
+    for name in ("test_sampled.sampled100_ndcg@10", "test_sampled.sampled100_hr@10",
+                 "test_sampled_all.sampled100_ndcg@10", "test_sampled_all.sampled100_hr@10"):  # fmt: skip
+        a = _mean(ours, name)
+        b = _mean(ref, name.replace("test_sampled_all", "test_sampled"))
+        if b is None and given:
+            b = given["ndcg" if "ndcg" in name else "hr"]
         summary[name] = {"ours": a, "reference": b}
         if a is not None and b is not None:
             rel = (a - b) / b
@@ -297,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(run, jobs))
-    table, summary = report(runs)
+    table, summary = report(runs, args.reference_means)
     summary |= {"load_before": load, "load_after": os.getloadavg()[0], "jobs": args.jobs,
                 "threads": args.threads, "epochs": args.epochs, "runs": runs}  # fmt: skip
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

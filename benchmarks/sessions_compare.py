@@ -8,11 +8,13 @@ session evaluation (``evaluation.evaluate``): every event after a test session's
 target, ranked against all training items (full ranking, nothing excluded), ``standard`` ties,
 Recall / MRR at 1, 5, 10, 20; test items unknown to training dropped.
 
-Models: GRU4Rec with the Diginetica best parameters (``gru4rec.diginetica``), SASRec with its
-block for ``diginetica`` (``sasrec.defaults`` + ``sasrec.diginetica``) and each loss of
-``--sasrec-losses`` (``bce`` is the original, ``ce`` the full softmax), the most-popular and
-last-item co-occurrence baselines. SASRec reads a session as its sequence: every position after
-the first is a training target (causal batches of the session's last ``maxlen`` items).
+Models (``--models``): GRU4Rec with the Diginetica best parameters (``gru4rec.diginetica``),
+SASRec with its block for ``diginetica`` (``sasrec.defaults`` + ``sasrec.diginetica``) and a
+loss each (``sasrec:bce`` is the original, ``sasrec:ce`` the full softmax), BERT4Rec with its
+``diginetica`` block, and always the most-popular and last-item co-occurrence baselines. SASRec
+reads a session as its sequence: every position after the first is a training target (causal
+batches of the session's last ``maxlen`` items); BERT4Rec trains on masked sessions, and each
+test prefix is one row with the mask appended after it.
 
 Printed: one line per epoch, then one table (the metrics, training and evaluation seconds,
 peak RSS of the whole run). ``--max-sessions`` takes the first N training sessions (a quick
@@ -94,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
-    parser.add_argument("--sasrec-losses", default="bce,ce")
+    parser.add_argument(
+        "--models", default="gru4rec,sasrec:bce,sasrec:ce,bert4rec",
+        help="kind[:loss] list; the baselines always run",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--max-sessions", type=int, default=None)
@@ -113,23 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = []
     models: list[tuple[str, Any]] = []
-    gru = block_params("gru4rec", "diginetica") | {"seed": args.seed, "device": "cpu"}
-    if args.epochs:
-        gru["n_epochs"] = args.epochs
-    models.append(("gru4rec", create_model("gru4rec", gru)))
-    for loss in filter(None, args.sasrec_losses.split(",")):
-        sas = block_params("sasrec", "diginetica") | {
-            "loss": loss,
-            "seed": args.seed,
-            "device": "cpu",
-        }
+    for spec in filter(None, args.models.split(",")):
+        kind, _, loss = spec.partition(":")
+        params = block_params(kind, "diginetica") | {"seed": args.seed, "device": "cpu"}
+        if loss:
+            params["loss"] = loss
         if args.epochs:
-            sas["num_epochs"] = args.epochs
-        models.append((f"sasrec ({loss})", create_model("sasrec", sas)))
+            params[create_model(kind, params).params.epochs_field] = args.epochs
+        models.append((f"{kind} ({loss})" if loss else kind, create_model(kind, params)))
     models += [("most_popular", MostPopular.fit(train)),
                ("last_item_cooccurrence", LastItemCooccurrence.fit(train))]  # fmt: skip
     for name, model in models:
         runs.append(run_model(name, model, train, test))
+        if args.json:  # after every model: a partial run counts
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"runs": runs}, indent=1))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nprotocol: every event after a test session's first, full ranking, ties standard; "
           f"{runs[0]['n_targets']:,} targets; {torch.get_num_threads()} threads")  # fmt: skip

@@ -127,6 +127,8 @@ class LastItemResult(EvaluationResult):
         query_time: ``"last_event"`` or ``"target"``; ``None`` when the model reads no times.
         mask: how the batched rows were built (``"none"``, ``"append"``, ``"last"``).
         path: ``"batched"`` or ``"step"``.
+        unknown_targets: ``"skip"`` or ``"miss"`` (``n_missed`` of ``n_targets`` are misses
+            of unknown targets, not in ``ranks``).
         users: ``[n_targets]`` raw user ids in the order of ``ranks`` (ascending user id), or
             ``None`` unless ``return_ranks``.
     """
@@ -141,6 +143,7 @@ class LastItemResult(EvaluationResult):
     mask: str
     path: str
     users: np.ndarray | None
+    unknown_targets: str = "skip"
 
     def label(self) -> str:
         """The whole protocol, e.g. ``"last item, full ranking, history excluded,
@@ -160,6 +163,8 @@ class LastItemResult(EvaluationResult):
             parts = ["last item", "full ranking", excluded[self.exclude_history]]
         if self.appended:
             parts.append("appended items in the input")
+        if self.unknown_targets == "miss":
+            parts.append("unknown targets count as misses")
         n = int(self["n_targets"])
         if n < self.n_scorable:
             parts.append(f"{n:,} of {self.n_scorable:,} users")
@@ -183,6 +188,8 @@ class LastItemData:
         n_no_input: users with a known target but no known input event.
         n_dropped_events: input events (of users with a known target) of unknown items.
         n_scorable: users that can be scored (``R`` before any ``max_users`` sample).
+        n_missed: ``unknown_targets="miss"``: users of the evaluated set whose target the
+            model does not know, each counted as a miss (0 otherwise).
     """
 
     data: SessionData
@@ -192,6 +199,7 @@ class LastItemData:
     n_no_input: int
     n_dropped_events: int
     n_scorable: int
+    n_missed: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -220,6 +228,7 @@ def prepare(
     user_key: str = "UserId",
     item_key: str = "ItemId",
     time_key: str = "Time",
+    unknown_targets: Literal["skip", "miss"] = "skip",
 ) -> LastItemData:
     """Targets and inputs of every user (module docstring), as :class:`LastItemData`.
 
@@ -230,8 +239,11 @@ def prepare(
         append: events placed after the history, before the target (users without a target
             are ignored).
         with_times: fill ``data.times`` (seconds) when the time column can be read as such.
-        max_users: keep a seeded uniform sample of this many scorable users.
+        max_users: keep a seeded uniform sample of this many scorable users (with
+            ``unknown_targets="miss"``: of the scorable users and those with an unknown target).
         seed: seeds the sample.
+        unknown_targets: ``"skip"`` (users whose target the model does not know are not
+            evaluated) or ``"miss"`` (they are evaluated as misses: ``n_missed``).
 
     Raises:
         ValueError: a missing column, or a ``targets`` frame with two rows for a user.
@@ -283,11 +295,16 @@ def prepare(
     n_input = np.bincount(user[keep_input], minlength=n_users)
     scorable = known_target & (n_input > 0)
     n_scorable = int(scorable.sum())
-    if max_users is not None and max_users < n_scorable:
+    if unknown_targets not in ("skip", "miss"):
+        raise ValueError(f"unknown_targets must be 'skip' or 'miss', got {unknown_targets!r}")
+    missed = ~known_target if unknown_targets == "miss" else np.zeros(n_users, dtype=bool)
+    pool = scorable | missed
+    if max_users is not None and max_users < int(pool.sum()):
         rng = np.random.default_rng([seed, _USERS])
-        chosen = np.flatnonzero(scorable)[np.sort(rng.choice(n_scorable, max_users, False))]
-        scorable = np.zeros(n_users, dtype=bool)
-        scorable[chosen] = True
+        chosen = np.flatnonzero(pool)[np.sort(rng.choice(int(pool.sum()), max_users, False))]
+        sampled = np.zeros(n_users, dtype=bool)
+        sampled[chosen] = True
+        scorable, missed = scorable & sampled, missed & sampled
     keep = (keep_input | is_target) & scorable[user]  # the target is each row's last event
     kept_user = user[keep]
     lengths = np.bincount(kept_user, minlength=n_users)[scorable]
@@ -313,6 +330,7 @@ def prepare(
         n_no_input=int((known_target & (n_input == 0)).sum()),
         n_dropped_events=n_dropped,
         n_scorable=n_scorable,
+        n_missed=int(missed.sum()),
     )
 
 
@@ -400,6 +418,7 @@ def evaluate_last_item(
     time_key: str = "Time",
     progress: bool = False,
     return_ranks: bool = False,
+    unknown_targets: Literal["skip", "miss"] = "skip",
 ) -> LastItemResult:
     """Last-item evaluation of ``model`` on ``sequences`` (protocol: module docstring).
 
@@ -427,6 +446,11 @@ def evaluate_last_item(
         seed: seeds the user sample, the negatives and the ``tiebreaking`` uniforms.
         progress: show a progress bar (targets/s).
         return_ranks: attach ``ranks`` (and ``users``) to the result.
+        unknown_targets: ``"skip"`` (default: a user whose target item never occurs in the
+            model's training data is not evaluated, ``n_unknown_targets``) or ``"miss"`` (it
+            is evaluated and misses at every cut-off, as reference implementations that give
+            every item an embedding score it: the metrics are over ``n_targets`` =
+            scored + missed users; ``n_missed``).
 
     Returns:
         :class:`LastItemResult`; ``label()`` names the protocol.
@@ -466,6 +490,7 @@ def evaluate_last_item(
         user_key=user_key,
         item_key=item_key,
         time_key=time_key,
+        unknown_targets=unknown_targets,
     )
     n_items = int(model.n_items)
     device = model.device
@@ -558,11 +583,16 @@ def evaluate_last_item(
             model.train()
 
     metrics = acc.result()
+    n_missed = prepared.n_missed
+    if n_missed:  # every metric is a mean over users; a missed user adds 0
+        share = n_rows / (n_rows + n_missed)
+        metrics = {k: v * share for k, v in metrics.items()}
     if ranking == "sampled":
         metrics = sampled_metric_names(metrics, n_negatives, mrr=True)
     result = LastItemResult(metrics)
     seconds = time.perf_counter() - t0
-    result["n_targets"] = float(n_rows)
+    result["n_targets"] = float(n_rows + n_missed)
+    result["n_missed"] = float(n_missed)
     result["n_users"] = float(prepared.n_users)
     result["n_unknown_targets"] = float(prepared.n_unknown_targets)
     result["n_no_input"] = float(prepared.n_no_input)
@@ -582,6 +612,7 @@ def evaluate_last_item(
     result.query_time = query_time if uses_times else None
     result.mask = mask
     result.path = path
+    result.unknown_targets = unknown_targets
     result.ranks = all_ranks.cpu().numpy() if return_ranks else None
     result.users = prepared.users if return_ranks else None
     k_max = f"@{max(result.cutoffs)}"
