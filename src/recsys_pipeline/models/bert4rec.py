@@ -79,6 +79,7 @@ __all__ = ["BERT4Rec", "BERT4RecNet", "BERT4RecParams"]
 
 _LN_EPS = 1e-12  # BERT's layer_norm
 REPLACE = ("mask", "80/10/10")
+MASK_COUNTS = ("fixed", "bernoulli")
 LONG = ("last", "split")
 SCHEDULES = ("linear", "constant")
 
@@ -102,6 +103,9 @@ class BERT4RecParams(ModelParams):
         mask_prob: ``masked_lm_prob``: proportion of a row's positions selected (0.6 Beauty,
             0.2 ML-1M).
         max_predictions: ``max_predictions_per_seq`` (30 Beauty, 40 ML-1M).
+        mask_count: ``"fixed"`` (the original: ``round(n * mask_prob)`` positions, at most
+            ``max_predictions``) or ``"bernoulli"`` (each position with probability
+            ``mask_prob``, at least one: Klenitskiy & Vasilev's BERT4Rec, Transformers4Rec).
         mask_last_prob: probability that a row masks only its last item (1 / 11).
         replace: ``"mask"`` (the original: every selected position gets [MASK]) or
             ``"80/10/10"`` (BERT's: 80 % [MASK], 10 % a random item, 10 % unchanged).
@@ -135,6 +139,7 @@ class BERT4RecParams(ModelParams):
     initializer_range: float = 0.02
     mask_prob: float = 0.6
     max_predictions: int | None = 30
+    mask_count: str = "fixed"
     mask_last_prob: float = 1.0 / 11.0
     replace: str = "mask"
     long: str = "last"
@@ -175,6 +180,8 @@ class BERT4RecParams(ModelParams):
             errors.append(f"mask_last_prob must be in [0, 1], got {self.mask_last_prob}")
         if self.max_predictions is not None and self.max_predictions < 1:
             errors.append(f"max_predictions must be >= 1 or None, got {self.max_predictions}")
+        if self.mask_count not in MASK_COUNTS:
+            errors.append(f"mask_count must be one of {MASK_COUNTS}, got {self.mask_count!r}")
         if self.replace not in REPLACE:
             errors.append(f"replace must be one of {REPLACE}, got {self.replace!r}")
         if self.lr_schedule not in SCHEDULES:
@@ -324,7 +331,7 @@ class BERT4Rec(SequenceTransformer):
             stride=p.stride,
             min_length=1,
             mask_prob=p.mask_prob,
-            mask_count="fixed",
+            mask_count=p.mask_count,  # type: ignore[arg-type]
             max_masked=p.max_predictions,
             mask_last_prob=p.mask_last_prob,
             replace=p.replace,  # type: ignore[arg-type]
