@@ -139,6 +139,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
         },
         "epochs": 6,
     },
+    # the same sessions, masked-item training with XLNet (Hugging Face's XLNetModel)
+    "xlnet_mlm": {
+        "params": {
+            "maxlen": 20,
+            "d_model": 64,
+            "item_dim": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "batch_size": 64,
+            "lr": 0.002,
+        },
+        "epochs": 6,
+    },
 }
 FALLBACK_EPOCHS = 3
 #: relative tolerance of CUDA vs CPU training (seed means), see the docstring

@@ -1,6 +1,6 @@
 """The training template on a user-sequence dataset (leave-one-out, last-item protocol):
-synthetic sequences -> preprocess_sequences -> train (SASRec, BERT4Rec, and GRU4Rec through the
-same template) -> metrics under every protocol, model, report, top-k."""
+synthetic sequences -> preprocess_sequences -> train (SASRec, BERT4Rec, XLNet-MLM and GRU4Rec through
+the same template) -> metrics under every protocol, model, report, top-k."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SMALL = {
     "synthetic_sequences": {"n_users": 300, "n_items": 300},
     "sasrec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "bert4rec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
+    "xlnet_mlm": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "d_model": 16, "n_head": 2}},
     "gru4rec": {
         "synthetic_seq": {"layers": [16], "n_epochs": 1, "n_sample": 16, "batch_size": 16}
     },  # fmt: skip
@@ -29,12 +30,12 @@ def prepared(project: Path) -> Path:
     return project
 
 
-def test_sasrec_bert4rec_and_gru4rec_on_a_sequence_dataset(prepared: Path):
+def test_every_next_item_model_on_a_sequence_dataset(prepared: Path):
     run(prepared, "train", namespaces=["synthetic_seq"], session={"runtime_params": SMALL})
     cat = catalog(prepared)
     test = cat.load("synthetic_seq.loo_test")
     train = cat.load("synthetic_seq.loo_train")
-    for kind in ("sasrec", "bert4rec", "gru4rec"):
+    for kind in ("sasrec", "bert4rec", "xlnet_mlm", "gru4rec"):
         metrics = cat.load(f"synthetic_seq.{kind}.metrics")
         assert set(metrics) == {kind, "most_popular", "last_item_cooccurrence"}
         for values in metrics.values():

@@ -397,3 +397,20 @@ def test_bert4rec_pyfunc_answers_like_recommend(tracking: str) -> None:
     out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
     assert out["items"].tolist() == expected.items.tolist()
     np.testing.assert_allclose(np.stack(out["scores"]), expected.scores, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- XLNet-MLM
+def test_xlnet_mlm_pyfunc_answers_like_recommend(tracking: str) -> None:
+    """XLNet-MLM through the one pyfunc (inference: a mask appended) answers as ``recommend``."""
+    from recsys_pipeline.models.xlnet_mlm import XLNetMLM, XLNetMLMParams
+
+    params = XLNetMLMParams(maxlen=6, d_model=16, item_dim=24, n_layer=1, n_head=2,
+                            num_epochs=2, lr=0.005, device="cpu")  # fmt: skip
+    model = XLNetMLM(params).fit(successor_sessions(N_ITEMS, 200, seed=0), progress=False)
+    info = log_pyfunc_model(model, max_batch=MAX_BATCH, torch_threads=1)
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    sessions = _sessions(model)
+    expected = recommend(model, sessions, k=5)
+    out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
+    assert out["items"].tolist() == expected.items.tolist()
+    np.testing.assert_allclose(np.stack(out["scores"]), expected.scores, rtol=1e-5, atol=1e-6)

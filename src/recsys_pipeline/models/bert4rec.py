@@ -67,7 +67,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows
+from recsys_pipeline.models.sequence_model import (
+    SequenceTransformer,
+    append_mask_slot,
+    glorot_rows,
+    last_position_mask,
+)
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -390,8 +395,8 @@ class BERT4Rec(SequenceTransformer):
         if batch.mask is None:
             if not last_only:
                 raise ValueError("BERT4Rec answers queries at a mask: give batch.mask")
-            items, lengths = _append_slot(items, lengths, self.maxlen)
-            mask = _slot_mask(items, lengths)
+            items, lengths = append_mask_slot(items, lengths, self.maxlen)
+            mask = last_position_mask(items, lengths)
         else:
             mask = batch.mask.to(self.device)
         if items.shape[1] > self.maxlen:
@@ -405,27 +410,3 @@ class BERT4Rec(SequenceTransformer):
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Scores ``[N, stop - start]``: the tied item table plus the output bias."""
         return self._network().logits(query, start, stop)
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def _append_slot(
-    items: torch.Tensor, lengths: torch.Tensor, maxlen: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``items [B, L]`` -> ``[B, L']`` with a :data:`PAD` slot after each row's
-    newest ``maxlen - 1`` items (rows longer than that lose their oldest items)."""
-    batch, width = items.shape
-    keep = lengths.clamp(max=maxlen - 1)  # [B]
-    new_width = int(keep.max()) + 1 if batch else 1
-    cols = torch.arange(new_width, device=items.device)
-    source = cols.unsqueeze(0) + (lengths - keep).unsqueeze(1)  # [B, L']
-    taken = items.gather(1, source.clamp(max=max(width - 1, 0)))
-    out = taken.masked_fill(cols.unsqueeze(0) >= keep.unsqueeze(1), PAD)
-    return out, keep + 1
-
-
-def _slot_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` True at each row's last position (its appended slot)."""
-    cols = torch.arange(items.shape[1], device=items.device)
-    return cols.unsqueeze(0) == (lengths - 1).unsqueeze(1)

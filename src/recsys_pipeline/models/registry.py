@@ -49,6 +49,7 @@ BUILTIN: dict[str, str] = {
     "neumf": "recsys_pipeline.models.neumf:NeuMF",
     "sasrec": "recsys_pipeline.models.sasrec:SASRec",
     "bert4rec": "recsys_pipeline.models.bert4rec:BERT4Rec",
+    "xlnet_mlm": "recsys_pipeline.models.xlnet_mlm:XLNetMLM",
 }
 
 _REGISTERED: dict[str, type[Recommender]] = {}

@@ -50,11 +50,17 @@ from recsys_pipeline.models.base import (
 from recsys_pipeline.models.persistence import read_ids, write_ids
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.loop import LoopConfig, train_epochs
-from recsys_pipeline.training.sequences import SequenceBatch, SequenceBatcher
+from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
 from recsys_pipeline.training.session_iterator import SessionData, sessions_from_frame
 from recsys_pipeline.training.trainer import EpochStats
 
-__all__ = ["SequenceTransformer", "as_sequence_frame", "glorot_rows"]
+__all__ = [
+    "SequenceTransformer",
+    "append_mask_slot",
+    "as_sequence_frame",
+    "glorot_rows",
+    "last_position_mask",
+]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq", "step")
 
@@ -425,6 +431,27 @@ def load_optimizer_state(
             key: state[f"{key}.{name}"].to(param.device if key != "step" else "cpu")
             for key in _MOMENTS
         }
+
+
+def append_mask_slot(
+    items: torch.Tensor, lengths: torch.Tensor, maxlen: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``items [B, L]`` -> ``[B, L']`` with a :data:`PAD` slot after each row's
+    newest ``maxlen - 1`` items (rows longer than that lose their oldest items)."""
+    batch, width = items.shape
+    keep = lengths.clamp(max=maxlen - 1)  # [B]
+    new_width = int(keep.max()) + 1 if batch else 1
+    cols = torch.arange(new_width, device=items.device)
+    source = cols.unsqueeze(0) + (lengths - keep).unsqueeze(1)  # [B, L']
+    taken = items.gather(1, source.clamp(max=max(width - 1, 0)))
+    out = taken.masked_fill(cols.unsqueeze(0) >= keep.unsqueeze(1), PAD)
+    return out, keep + 1
+
+
+def last_position_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` True at each row's last position (its appended slot)."""
+    cols = torch.arange(items.shape[1], device=items.device)
+    return cols.unsqueeze(0) == (lengths - 1).unsqueeze(1)
 
 
 def _sequences(train: pl.DataFrame) -> SessionData:

@@ -139,7 +139,9 @@ def _encode(model: SequenceEncoder, batch: list[np.ndarray]) -> torch.Tensor:
         data,
         model.maxlen or int(lengths.max()) + 1,
         model.padding,
-        mask=getattr(model, "last_item_mask", "none"),
+        # a masked model's inference rows: ``inference_mask`` where it differs from its
+        # evaluation rows (XLNet-MLM: evaluated in place, queried with a mask appended)
+        mask=getattr(model, "inference_mask", getattr(model, "last_item_mask", "none")),
         device=model.device,
     )
     return model.encode(rows, last_only=True)
