@@ -477,15 +477,17 @@ def test_no_scorable_user_gives_nan_metrics_and_counts() -> None:
 
 
 def test_unknown_targets_as_misses_scale_every_metric() -> None:
-    """``unknown_targets="miss"``: users whose target the model never saw are evaluated as
-    misses; every metric is the skip-mode metric times scored / (scored + missed)."""
+    """``unknown_targets="miss"``: users the model cannot answer (target never seen, or no
+    known input) are evaluated as misses; every metric is the skip-mode metric times scored /
+    (scored + missed)."""
     model = SuccessorModel(6)
     skip = evaluate_last_item(model, frame(TINY), exclude_history=False)
     miss = evaluate_last_item(model, frame(TINY), exclude_history=False, unknown_targets="miss")
     assert skip["n_targets"] == 4 and skip["n_unknown_targets"] == 1  # "d"
-    assert miss["n_targets"] == 5 and miss["n_missed"] == 1
+    # missed: "d" (unknown target), "f" and "g" (no known input item)
+    assert miss["n_targets"] == 7 and miss["n_missed"] == 3
     for key in ("recall@5", "mrr@5", "ndcg@5", "recall@1"):
-        assert miss[key] == pytest.approx(skip[key] * 4 / 5)
+        assert miss[key] == pytest.approx(skip[key] * 4 / 7)
     assert "unknown targets count as misses" in miss.label()
     assert "misses" not in skip.label()
     for seed in range(5):  # the sample is drawn from scored and missed users alike

@@ -20,6 +20,8 @@ from recsys_pipeline.operations.replay import (
     plot_replay,
     replay,
     split_days,
+    split_halves,
+    t4rec_sessions,
 )
 from recsys_pipeline.synthetic.sessions import SyntheticConfig, generate_events
 
@@ -260,3 +262,48 @@ def test_options_and_errors(days: list[tuple[date, pl.DataFrame]]) -> None:
         replay(days, PARAMS, model=GRU4REC, first_train_days=len(days))
     with pytest.raises(ValueError, match="ascending"):
         replay(days[::-1], PARAMS, model=GRU4REC)
+
+
+# -------------------------------------------------------------------- Transformers4Rec protocol
+def test_t4rec_sessions_preprocessing() -> None:
+    frame = pl.DataFrame(
+        {"SessionId": [1, 1, 1, 1, 2, 3, 3, 3, 3, 3],
+         "ItemId": [5, 5, 6, 5, 7, 1, 2, 3, 4, 5],
+         "Time": list(range(10))}
+    )  # fmt: skip
+    out = t4rec_sessions(frame, max_session_length=3)
+    by = {s: g["ItemId"].to_list() for (s,), g in out.group_by("SessionId", maintain_order=True)}
+    # repeats collapsed (5 5 6 5 -> 5 6 5), single-item session 2 dropped, session 3 cut to its
+    # last 3 items
+    assert by == {1: [5, 6, 5], 3: [3, 4, 5]}
+
+
+def test_split_halves_is_seeded_and_whole() -> None:
+    frame = pl.DataFrame({"SessionId": np.repeat(np.arange(11), 2), "ItemId": np.arange(22),
+                          "Time": np.arange(22)})  # fmt: skip
+    valid, test = split_halves(frame, seed=3)
+    again = split_halves(frame, seed=3)[1]
+    assert test.equals(again)
+    sv, st = set(valid["SessionId"].to_list()), set(test["SessionId"].to_list())
+    assert not sv & st and len(sv | st) == 11 and abs(len(sv) - len(st)) <= 1
+    assert (valid.group_by("SessionId").len()["len"] == 2).all()  # sessions stay whole
+
+
+@pytest.mark.parametrize("kind", ["gru4rec", "bert4rec"])
+def test_t4rec_protocol_last_item_of_each_test_half_session(
+    kind: str, days: list[tuple[date, pl.DataFrame]]
+) -> None:
+    params = PARAMS if kind == "gru4rec" else {
+        "maxlen": 20, "hidden_units": 16, "num_epochs": 1, "batch_size": 32, "device": "cpu",
+    }  # fmt: skip
+    result = replay(days, params, model=kind, protocol="t4rec", cutoffs=(10, 20), n_eval_days=2,
+                    split_seed=5)  # fmt: skip
+    assert "ndcg@20" in result.metrics and f"{kind}/ndcg@20" in result.table.columns
+    for i, row in enumerate(result.table.iter_rows(named=True)):
+        day = t4rec_sessions(days[i + 1][1])
+        valid, test = split_halves(day, seed=5 * 100_003 + i + 1)
+        # one target per test session: the ones the model knows are ranked, the others missed
+        assert row[f"{kind}/n_targets"] == test["SessionId"].n_unique()
+        assert row["n_valid_sessions"] == valid["SessionId"].n_unique()
+        assert 0 <= row[f"{kind}/ndcg@20"] <= row[f"{kind}/recall@20"] <= 1
+    assert result.config["protocol"] == "t4rec"

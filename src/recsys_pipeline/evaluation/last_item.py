@@ -188,8 +188,9 @@ class LastItemData:
         n_no_input: users with a known target but no known input event.
         n_dropped_events: input events (of users with a known target) of unknown items.
         n_scorable: users that can be scored (``R`` before any ``max_users`` sample).
-        n_missed: ``unknown_targets="miss"``: users of the evaluated set whose target the
-            model does not know, each counted as a miss (0 otherwise).
+        n_missed: ``unknown_targets="miss"``: users of the evaluated set the model cannot
+            answer (unknown target, or no known input item), each counted as a miss (0
+            otherwise).
     """
 
     data: SessionData
@@ -243,7 +244,8 @@ def prepare(
             ``unknown_targets="miss"``: of the scorable users and those with an unknown target).
         seed: seeds the sample.
         unknown_targets: ``"skip"`` (users whose target the model does not know are not
-            evaluated) or ``"miss"`` (they are evaluated as misses: ``n_missed``).
+            evaluated) or ``"miss"`` (they, and users without a known input item, are
+            evaluated as misses: ``n_missed``).
 
     Raises:
         ValueError: a missing column, or a ``targets`` frame with two rows for a user.
@@ -297,7 +299,8 @@ def prepare(
     n_scorable = int(scorable.sum())
     if unknown_targets not in ("skip", "miss"):
         raise ValueError(f"unknown_targets must be 'skip' or 'miss', got {unknown_targets!r}")
-    missed = ~known_target if unknown_targets == "miss" else np.zeros(n_users, dtype=bool)
+    # "miss": a user the model cannot answer (unknown target, or no known input item) is a miss
+    missed = ~scorable if unknown_targets == "miss" else np.zeros(n_users, dtype=bool)
     pool = scorable | missed
     if max_users is not None and max_users < int(pool.sum()):
         rng = np.random.default_rng([seed, _USERS])
@@ -447,10 +450,11 @@ def evaluate_last_item(
         progress: show a progress bar (targets/s).
         return_ranks: attach ``ranks`` (and ``users``) to the result.
         unknown_targets: ``"skip"`` (default: a user whose target item never occurs in the
-            model's training data is not evaluated, ``n_unknown_targets``) or ``"miss"`` (it
-            is evaluated and misses at every cut-off, as reference implementations that give
-            every item an embedding score it: the metrics are over ``n_targets`` =
-            scored + missed users; ``n_missed``).
+            model's training data is not evaluated, ``n_unknown_targets``, nor one without a
+            known input item, ``n_no_input``) or ``"miss"`` (both are evaluated and miss at
+            every cut-off, as in reference implementations that give every item id an
+            embedding: the metrics are over ``n_targets`` = scored + missed users;
+            ``n_missed``).
 
     Returns:
         :class:`LastItemResult`; ``label()`` names the protocol.

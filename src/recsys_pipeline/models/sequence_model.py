@@ -182,15 +182,17 @@ class SequenceTransformer(Recommender):
         new_train: pl.DataFrame,
         *,
         n_epochs: int | None = None,
-        lr: float | None = None,
+        learning_rate: float | None = None,
         optimizer_state: str = "carry",
         progress: bool = True,
         **kwargs: Any,
     ) -> Self:
         """Continue training on ``new_train`` (its sequences only). Items first seen there are
-        appended to the vocabulary (ascending raw id) with new Glorot rows; with
+        appended to the vocabulary (ascending raw id) with new rows; with
         ``optimizer_state="carry"`` the optimiser continues with its moments (zero rows for new
-        items), ``"reset"`` starts a fresh one. Round ``k`` draws from ``seed + 1000 k``."""
+        items), ``"reset"`` starts a fresh one. ``n_epochs`` / ``learning_rate``: ``None`` =
+        the parameters' (GRU4Rec's names, so that retraining and the replay call every model
+        alike). Round ``k`` draws from ``seed + 1000 k``."""
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
         self._network()
@@ -206,7 +208,7 @@ class SequenceTransformer(Recommender):
             np.asarray([i for i in frame.get_column("ItemId").unique().to_list() if i not in known])
         )
         n_epochs = self.params.epochs if n_epochs is None else int(n_epochs)
-        lr = self.params.lr if lr is None else float(lr)
+        lr = self.params.lr if learning_rate is None else float(learning_rate)
         round_ = len(self.fine_tune_rounds) + 1
         seed = self.params.seed + 1000 * round_
         if len(new_ids):

@@ -18,6 +18,17 @@ of items a model does not know are dropped (the session is bridged), so items fi
 day ``d`` are never targets of day ``d`` (``n_new_items`` counts them). The result holds one row
 per evaluated day and the metrics averaged over time (mean over days, and the mean weighted by
 the number of targets of each day). :func:`plot_replay` draws a metric over the days.
+
+``protocol="t4rec"`` is Transformers4Rec's own protocol (Moreira et al. 2021) instead:
+every day's sessions lose consecutive repeats, keep their last ``max_session_length`` (20)
+items and only sessions of 2 or more items stay (:func:`t4rec_sessions`); each evaluated day's
+sessions are split 50:50 (seeded, by session) into a validation half (held out: no model sees
+it before the day is over) and a test half; the **target is the last item of each test
+session**, ranked against all items after the session's earlier items
+(:func:`~recsys_pipeline.evaluation.last_item.evaluate_last_item`, history not excluded; a
+target item the model never saw counts as a miss, as in the reference, whose vocabulary holds
+every item id). Metrics: ``recall@k`` (= HR@k), ``ndcg@k`` and ``mrr@k``, averaged over the days.
+The model is then updated with the whole day, both halves.
 """
 
 from __future__ import annotations
@@ -36,16 +47,29 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from recsys_pipeline.evaluation.evaluate import evaluate
+from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models.base import ModelParams, NextItemModel
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
 from recsys_pipeline.models.registry import create_model, model_class
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODES", "ReplayResult", "plot_replay", "replay", "split_days"]
+__all__ = [
+    "MODES",
+    "PROTOCOLS",
+    "ReplayResult",
+    "plot_replay",
+    "replay",
+    "split_days",
+    "split_halves",
+    "t4rec_sessions",
+]
 
 #: How the model is updated with each evaluated day.
 MODES = ("fine_tune", "retrain_growing", "retrain_sliding")
+#: What is evaluated on a day: every position after a session's first (``"sessions"``), or the
+#: last item of each test-half session after Transformers4Rec's preprocessing (``"t4rec"``).
+PROTOCOLS = ("sessions", "t4rec")
 #: Baseline names used in the column names of the per-day table (``"<model>/<metric>"``; the
 #: trained model's name there is its kind).
 MOST_POPULAR = "most_popular"
@@ -162,8 +186,31 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def _metric_names(cutoffs: Sequence[int]) -> list[str]:
-    return [f"{name}@{k}" for name in ("recall", "mrr") for k in cutoffs]
+def _metric_names(cutoffs: Sequence[int], protocol: str = "sessions") -> list[str]:
+    names = ("recall", "mrr") if protocol == "sessions" else ("recall", "ndcg", "mrr")
+    return [f"{name}@{k}" for name in names for k in cutoffs]
+
+
+def t4rec_sessions(frame: pl.DataFrame, max_session_length: int = 20) -> pl.DataFrame:
+    """Transformers4Rec's session preprocessing of one day (``SessionId``, ``ItemId``,
+    ``Time`` in session order): consecutive repeats of an item within a session removed, the
+    last ``max_session_length`` items kept, sessions of fewer than 2 items dropped."""
+    if max_session_length < 2:
+        raise ValueError(f"max_session_length must be >= 2, got {max_session_length}")
+    repeat = (pl.col("ItemId") == pl.col("ItemId").shift(1).over("SessionId")).fill_null(False)
+    out = frame.filter(~repeat)
+    from_end = pl.len().over("SessionId") - pl.int_range(pl.len()).over("SessionId")  # 1 = last
+    out = out.filter(from_end <= max_session_length)
+    return out.filter(pl.len().over("SessionId") >= 2)
+
+
+def split_halves(frame: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(valid, test)``: the sessions of ``frame`` split 50:50 at random (seeded), whole."""
+    sessions = frame.get_column("SessionId").unique(maintain_order=True).to_numpy()
+    order = np.random.default_rng(seed).permutation(len(sessions))
+    test_ids = pl.Series("SessionId", sessions[order[len(sessions) // 2 :]])
+    is_test = pl.col("SessionId").is_in(test_ids.implode())
+    return frame.filter(~is_test), frame.filter(is_test)
 
 
 def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -194,6 +241,9 @@ def replay(
     eval_mode: str = "standard",
     progress: bool = False,
     callback: Callable[[date, dict[str, NextItemModel]], None] | None = None,
+    protocol: str = "sessions",
+    max_session_length: int = 20,
+    split_seed: int = 0,
 ) -> ReplayResult:
     """Train on the first days, then evaluate on each following day and update with it.
 
@@ -215,12 +265,19 @@ def replay(
         progress: show progress bars.
         callback: called as ``callback(day, {name: model})`` just before the models are
             evaluated on ``day`` (inspection; must not modify the models).
+        protocol: ``"sessions"`` or ``"t4rec"`` (module docstring).
+        max_session_length: ``"t4rec"``: items kept per session (the last ones).
+        split_seed: ``"t4rec"``: seeds each day's validation/test split (with the day index).
 
     Returns:
         :class:`ReplayResult`. The model after the last evaluated day is not updated with it.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "t4rec":
+        days = [(d, t4rec_sessions(f, max_session_length)) for d, f in days]
     if optimizer_state not in ("carry", "reset"):
         raise ValueError(f"optimizer_state must be 'carry' or 'reset', got {optimizer_state!r}")
     if first_train_days < 1 or first_train_days >= len(days):
@@ -241,7 +298,7 @@ def replay(
     n_eval = n_left if n_eval_days is None else min(int(n_eval_days), n_left)
     if n_eval < 1:
         raise ValueError(f"n_eval_days must be positive, got {n_eval_days}")
-    metrics = _metric_names(cutoffs)
+    metrics = _metric_names(cutoffs, protocol)
     models = [model] + ([MOST_POPULAR, LAST_ITEM] if baselines else [])
     frames = [f for _, f in days]
 
@@ -262,7 +319,12 @@ def replay(
     rows: list[dict[str, Any]] = []
     for i in range(first_train_days, first_train_days + n_eval):
         day, test = days[i]
-        day_items = test.get_column("ItemId").unique()
+        day_frame = test  # what the model is updated with afterwards
+        n_valid_sessions = 0
+        if protocol == "t4rec":
+            valid, test = split_halves(day_frame, seed=split_seed * 100_003 + i)
+            n_valid_sessions = valid.get_column("SessionId").n_unique()
+        day_items = day_frame.get_column("ItemId").unique()
         n_new = int((~day_items.is_in(seen_items)).sum())
         evaluated: dict[str, NextItemModel] = {model: trained}
         if baselines:
@@ -277,10 +339,17 @@ def replay(
             "n_sessions": test.get_column("SessionId").n_unique(),
             "n_new_items": n_new,
             "n_known_items": trained.n_items,
+            "n_valid_sessions": n_valid_sessions,
             "train_seconds": train_seconds,
         }
         for name, m in evaluated.items():
-            res = evaluate(m, test, cutoffs=cutoffs, mode=eval_mode, progress=progress)
+            if protocol == "t4rec":
+                res = evaluate_last_item(
+                    m, test, exclude_history=False, cutoffs=cutoffs, mode=eval_mode,
+                    user_key="SessionId", unknown_targets="miss", progress=progress,
+                )  # fmt: skip
+            else:
+                res = evaluate(m, test, cutoffs=cutoffs, mode=eval_mode, progress=progress)
             row[f"{name}/n_targets"] = int(res["n_targets"])
             for metric in metrics:
                 row[f"{name}/{metric}"] = float(res[metric])
@@ -303,9 +372,9 @@ def replay(
             break  # the last evaluated day is not trained on
         t0 = time.perf_counter()
         if mode == "fine_tune":
-            if _has_target(test):
+            if _has_target(day_frame):
                 trained.fine_tune(
-                    test,
+                    day_frame,
                     n_epochs=fine_tune_epochs,
                     learning_rate=fine_tune_learning_rate,
                     optimizer_state=optimizer_state,
@@ -317,7 +386,8 @@ def replay(
             trained = create_model(model, p).fit(window(i + 1), progress=progress)
         train_seconds = time.perf_counter() - t0
 
-    front = ["day", "n_targets", "n_events", "n_sessions", "n_new_items", "n_known_items"]
+    front = ["day", "n_targets", "n_events", "n_sessions", "n_valid_sessions", "n_new_items"]
+    front += ["n_known_items"]
     front += ["train_seconds", "eval_seconds"]
     cols = front + [f"{n}/{m}" for n in models for m in [*metrics, "n_targets"]]
     table = pl.DataFrame(rows).select(cols)
@@ -332,6 +402,9 @@ def replay(
         "sliding_days": sliding_days,
         "cutoffs": [int(k) for k in cutoffs],
         "eval_mode": eval_mode,
+        "protocol": protocol,
+        "max_session_length": max_session_length if protocol == "t4rec" else None,
+        "split_seed": split_seed if protocol == "t4rec" else None,
         "train_days": [d.isoformat() for d in dates[:first_train_days]],
         "eval_days": [d.isoformat() for d in dates[first_train_days : first_train_days + n_eval]],
         "model": model,

@@ -36,6 +36,9 @@ def run_replay(
         mode=params["mode"],
         sliding_days=int(params["sliding_days"]),
         cutoffs=tuple(params["cutoffs"]),
+        protocol=params.get("protocol", "sessions"),
+        max_session_length=int(params.get("max_session_length", 20)),
+        split_seed=int(params.get("split_seed", 0)),
     )
     summary = result.to_dict()
     summary.pop("table", None)
