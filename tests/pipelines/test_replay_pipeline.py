@@ -18,3 +18,9 @@ def test_replay_writes_per_day_metrics_averages_and_plot(project: Path):
     mean = sum(table["gru4rec/mrr@20"]) / 3
     assert abs(summary["mean"]["gru4rec/mrr@20"] - mean) < 1e-9
     assert list((project / "data/08_reporting/replay/synthetic").glob("per_day.png/*/per_day.png"))
+    # Transformers4Rec's protocol through the same pipeline: last item of each test-half session
+    t4rec = {"n_eval_days": 2, "protocol": "t4rec", "metric": "ndcg@20"}
+    run(project, "replay", session={"runtime_params": TINY | {"replay": t4rec}})
+    table = catalog(project).load("replay.table")
+    assert table.height == 2 and "gru4rec/ndcg@20" in table.columns
+    assert (table["n_valid_sessions"] > 0).all()
