@@ -157,9 +157,9 @@ def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_pmixer_variant_is_the_ports_forward(heads: int) -> None:
-    """``attend_padding`` + ``out_projection`` compute the port's network (padding attended
-    through the K/V biases, summed as one key with a log-count offset), whatever width the
-    batch is cut to; the default does not."""
+    """``attend_padding`` + ``out_projection`` compute the port's network (rows padded to
+    ``maxlen``, the padding attended through the K/V biases), whatever width the batch is cut
+    to; the default does not."""
     params = SASRecParams(maxlen=10, hidden_units=12, num_heads=heads, attend_padding=True,
                           out_projection=True, device="cpu")  # fmt: skip
     net = _random_net(params)

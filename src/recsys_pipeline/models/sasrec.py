@@ -104,10 +104,11 @@ class SASRecParams(ModelParams):
         logq: ``sampled_softmax``: subtract the log sampling probability (logQ correction).
         label_smoothing: ``ce``: torch's label smoothing.
         norm_first: ``True``: the original query-only pre-LN block; ``False``: post-LN.
-        attend_padding: pmixer's attention (both commits): a real position also attends the
-            left padding to ``maxlen`` (``maxlen - len`` keys of value ``K``/``V`` bias; done
-            as one key with a ``log(count)`` logit offset, the same softmax). ``False``: the
-            TF key mask, padding is never attended.
+        attend_padding: pmixer's attention (both commits): every row left padded to
+            ``maxlen`` and a real position also attends the padding (``maxlen - len`` keys
+            and values equal to the ``K`` / ``V`` biases, each with its own attention dropout;
+            slower: full-width attention). ``False``: the TF key mask, padding is never
+            attended.
         out_projection: pmixer's ``nn.MultiheadAttention`` output projection after the heads
             (the TF code has none).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
@@ -211,15 +212,14 @@ class _Layout:
         groups: ``(rows [Bg], width W, allowed [Bg, 1, W, W])`` per group: the query column
             may attend the key column (causal, real keys; the diagonal keeps a padding row
             from having no key at all).
-        padding: ``[B]`` padding columns of each row when left padded to ``maxlen`` (what
-            pmixer's attention attends, ``attend_padding``).
+        maxlen: the width every row is padded to in pmixer's attention (``attend_padding``).
     """
 
     index: torch.Tensor
     batch: int
     length: int
     groups: list[tuple[torch.Tensor, int, torch.Tensor]]
-    padding: torch.Tensor
+    maxlen: int
 
     @classmethod
     def of(cls, items: torch.Tensor, maxlen: int | None = None) -> _Layout:
@@ -240,8 +240,7 @@ class _Layout:
             causal = torch.ones(width, width, dtype=torch.bool, device=items.device).tril()
             allowed = ((causal & keys.unsqueeze(1)) | eye).unsqueeze(1)  # [Bg, 1, W, W]
             groups.append((rows, int(width), allowed))
-        padding = (length if maxlen is None else maxlen) - lengths
-        return cls(index, batch, length, groups, padding)
+        return cls(index, batch, length, groups, length if maxlen is None else maxlen)
 
     def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
@@ -275,39 +274,48 @@ class _Attention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim) if out_projection else None
 
-    def _padding_key(
-        self, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, padding: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """pmixer's padding keys: a zero input row has key ``K`` bias and value ``V`` bias,
-        and ``n`` equal keys weigh as one key with ``log(n)`` added to its logit. ``k``, ``v``
-        ``[Bg, H, W, D / H]``, ``allowed [Bg, 1, W, W]``, ``padding [Bg]`` -> keys and values
-        ``[Bg, H, W + 1, D / H]`` and an additive mask ``[Bg, 1, W, W + 1]``."""
-        rows, heads, width, head_dim = k.shape
-        sink_k = self.k.bias.view(1, heads, 1, head_dim).expand(rows, -1, -1, -1).to(k.dtype)
-        sink_v = self.v.bias.view(1, heads, 1, head_dim).expand(rows, -1, -1, -1).to(v.dtype)
-        offset = torch.log(padding.to(k.dtype)).view(rows, 1, 1, 1).expand(-1, 1, width, 1)
-        masked = torch.zeros(allowed.shape, dtype=k.dtype, device=k.device)
-        masked = masked.masked_fill(~allowed, float("-inf"))
-        return (
-            torch.cat([sink_k, k], dim=2),
-            torch.cat([sink_v, v], dim=2),
-            torch.cat([offset, masked], dim=3),
-        )
+    def _padded_attention(
+        self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout, dropout: float
+    ) -> torch.Tensor:
+        """pmixer's attention, exactly: every row left padded to ``maxlen``, a padding input
+        row is zero so its key and value are the ``K`` / ``V`` biases, and a causal mask only
+        (padding keys attended, each with its own attention dropout). ``query``, ``keys``
+        ``[T, D]`` -> ``[T, D]``."""
+        dim, width = query.shape[-1], layout.maxlen
+        q = layout.scatter(self.q(query))  # [B, L, D], zero at padding
+        kv = torch.cat([self.k(keys), self.v(keys)], dim=-1)
+        real = torch.zeros(layout.batch * layout.length, dtype=torch.bool, device=q.device)
+        real[layout.index] = True
+        bias = torch.cat([self.k.bias, self.v.bias]).to(kv.dtype)
+        kv_all = bias.expand(layout.batch * layout.length, 2 * dim).clone()
+        kv_all[layout.index] = kv
+        kv_all = kv_all.view(layout.batch, layout.length, 2 * dim)
+        extra = width - layout.length  # columns left of the batch's width, padding too
+        if extra:
+            kv_all = torch.cat([bias.expand(layout.batch, extra, 2 * dim), kv_all], dim=1)
+            q = torch.cat([q.new_zeros(layout.batch, extra, dim), q], dim=1)
+        heads = self.heads
+        q = q.view(layout.batch, width, heads, -1).transpose(1, 2)  # [B, H, N, D / H]
+        k, v = kv_all.view(layout.batch, width, 2, heads, -1).permute(2, 0, 3, 1, 4)
+        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril()
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=dropout)
+        attended = attended.transpose(1, 2).reshape(layout.batch, width, dim)[:, extra:]
+        return layout.gather(attended)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """``query``, ``keys`` ``[T, D]`` (real positions) -> ``[T, D]``."""
         dim = query.shape[-1]
+        dropout = self.dropout if self.training else 0.0
+        if self.attend_padding:
+            out = self._padded_attention(query, keys, layout, dropout)
+            return out if self.out is None else self.out(out)
         qkv = layout.scatter(torch.cat([self.q(query), self.k(keys), self.v(keys)], dim=-1))
         out = qkv.new_zeros(layout.batch, layout.length, dim)  # [B, L, D]
-        dropout = self.dropout if self.training else 0.0
         for rows, width, allowed in layout.groups:
             part = qkv.index_select(0, rows)[:, layout.length - width :]  # [Bg, W, 3D]
             q, k, v = part.reshape(len(rows), width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            mask = allowed
-            if self.attend_padding:
-                k, v, mask = self._padding_key(k, v, allowed, layout.padding.index_select(0, rows))
             attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout
+                q, k, v, attn_mask=allowed, dropout_p=dropout
             )  # [Bg, H, W, D / H]
             attended = attended.transpose(1, 2).reshape(len(rows), width, dim)
             out = out.index_put((rows.unsqueeze(1), torch.arange(
