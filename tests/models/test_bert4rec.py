@@ -262,3 +262,21 @@ def test_constant_schedule_after_the_warmup() -> None:
         opt.step()
         sched.step()
     assert lrs[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and lrs[9] == 1.0
+
+
+def test_length_buckets_cut_the_padding() -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 40, size=200)
+    frame = pl.DataFrame(
+        {"SessionId": np.repeat(np.arange(200), lengths),
+         "ItemId": rng.integers(0, 50, size=int(lengths.sum())),
+         "Time": np.arange(int(lengths.sum()))}
+    )  # fmt: skip
+    data = BERT4Rec.prepare_training_data(frame)
+    widths = {}
+    for bucket in (0, 8):
+        model = _model(maxlen=40, bucket=bucket, batch_size=16)
+        widths[bucket] = sum(b.items.numel() for b in model._make_batcher(data, 1).epoch(1))
+    assert widths[8] < 0.8 * widths[0]
+    _model(maxlen=40, bucket=8, batch_size=16, num_epochs=1).fit(frame, progress=False)

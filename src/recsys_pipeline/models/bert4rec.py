@@ -124,6 +124,8 @@ class BERT4RecParams(ModelParams):
             original) or ``"constant"`` (e.g. Klenitskiy & Vasilev's BERT4Rec: Adam at 1e-3).
         grad_clip: global gradient-norm clip (1.0).
         batch_size: rows per batch (256).
+        bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
+            faster; changes which rows share a batch); 0 = off.
         num_epochs: training epochs (the original counts steps: 400,000 of 256 rows).
         patience: early stopping on the validation item (needs ``valid``); ``None``: off.
         valid_metric: the validation metric (``"ndcg@10"``: full ranking, history excluded).
@@ -155,6 +157,7 @@ class BERT4RecParams(ModelParams):
     lr_schedule: str = "linear"
     grad_clip: float | None = 1.0
     batch_size: int = 256
+    bucket: int = 0
     num_epochs: int = 200
     patience: int | None = None
     valid_metric: str = "ndcg@10"
@@ -199,6 +202,8 @@ class BERT4RecParams(ModelParams):
             errors.append("need lr > 0, weight_decay >= 0, warmup_steps >= 0, num_epochs >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             errors.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.bucket < 0:
+            errors.append(f"bucket must be >= 0, got {self.bucket}")
         if self.patience is not None and self.patience < 1:
             errors.append(f"patience must be >= 1 or None, got {self.patience}")
         if errors:
@@ -334,6 +339,7 @@ class BERT4Rec(SequenceTransformer):
             padding="right",
             long=p.long,  # type: ignore[arg-type]
             stride=p.stride,
+            bucket=p.bucket,
             min_length=1,
             mask_prob=p.mask_prob,
             mask_count=p.mask_count,  # type: ignore[arg-type]

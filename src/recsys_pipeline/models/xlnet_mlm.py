@@ -93,6 +93,8 @@ class XLNetMLMParams(ModelParams):
             Hugging Face Trainer's default), after ``warmup_steps``.
         warmup_steps: linear warm-up steps.
         batch_size: sessions per batch.
+        bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
+            faster); 0 = off. Ignored with ``attend_padding`` (rows padded to ``maxlen``).
         num_epochs: training epochs.
         attend_padding: the reference's attention over the padding (module docstring).
         patience, valid_metric: early stopping on validation targets (``fit(valid=...)``).
@@ -118,6 +120,7 @@ class XLNetMLMParams(ModelParams):
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     batch_size: int = 192
+    bucket: int = 0
     num_epochs: int = 10
     attend_padding: bool = False
     patience: int | None = None
@@ -149,6 +152,8 @@ class XLNetMLMParams(ModelParams):
             errors.append("need lr > 0, weight_decay >= 0, warmup_steps >= 0, num_epochs >= 0")
         if self.init_std <= 0 or self.initializer_range <= 0:
             errors.append("init_std and initializer_range must be > 0")
+        if self.bucket < 0:
+            errors.append(f"bucket must be >= 0, got {self.bucket}")
         if self.patience is not None and self.patience < 1:
             errors.append(f"patience must be >= 1 or None, got {self.patience}")
         if errors:
@@ -259,6 +264,7 @@ class XLNetMLM(SequenceTransformer):
             padding="right",
             fixed_length=p.attend_padding,  # the reference pads every session to maxlen
             long="last",
+            bucket=p.bucket,
             min_length=2,
             mask_prob=p.mlm_probability,
             mask_count="bernoulli",
