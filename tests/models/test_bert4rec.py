@@ -280,3 +280,36 @@ def test_length_buckets_cut_the_padding() -> None:
         widths[bucket] = sum(b.items.numel() for b in model._make_batcher(data, 1).epoch(1))
     assert widths[8] < 0.8 * widths[0]
     _model(maxlen=40, bucket=8, batch_size=16, num_epochs=1).fit(frame, progress=False)
+
+
+def test_masking_rules_fixed_count_at_least_one_never_all_capped() -> None:
+    """The original's counts: round(n * mask_prob) selected positions, at least one, never all
+    of a row of 2+ items, at most max_predictions; every selected position gets [MASK]; a
+    mask-last row selects only its last item."""
+    rows = [[1, 2], [3, 4, 5], [6], list(range(7, 47))]
+    frame = pl.DataFrame(
+        {"SessionId": [s for s, r in enumerate(rows) for _ in r],
+         "ItemId": [i for r in rows for i in r],
+         "Time": list(range(sum(map(len, rows))))}
+    )  # fmt: skip
+    data = BERT4Rec.prepare_training_data(frame)
+    model = _model(maxlen=50, mask_prob=0.6, max_predictions=10, mask_last_prob=0.2,
+                   batch_size=8)  # fmt: skip
+    batcher = model._make_batcher(data, seed=2)
+    last_only = 0
+    for epoch in range(1, 40):
+        for batch in batcher.epoch(epoch):
+            selected = batch.targets != PAD
+            n = selected.sum(1)
+            assert torch.equal(batch.mask, selected)  # replace="mask": all of them
+            for r in range(len(n)):
+                length = int(batch.lengths[r])
+                if length == 1:
+                    assert n[r] == 1  # the only item: at least one wins
+                    continue
+                assert 1 <= n[r] < length and n[r] <= 10
+                if n[r] == 1 and selected[r, length - 1]:
+                    last_only += 1
+                elif length >= 3:
+                    assert n[r] == min(10, max(1, round(length * 0.6))) or n[r] == length - 1
+    assert last_only > 0
