@@ -67,12 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import (
-    SequenceTransformer,
-    append_mask_slot,
-    glorot_rows,
-    last_position_mask,
-)
+from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -387,30 +382,10 @@ class BERT4Rec(SequenceTransformer):
         return loss_fn
 
     # ------------------------------------------------------------------------ inference
-    @torch.no_grad()
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
-        """Queries of a right-padded batch. With ``batch.mask`` (the appended slot of the
-        last-item rows, or training masks) the outputs ``[B, L, D]`` (``[B, D]``: each row's
-        last real position, its mask slot, with ``last_only``). Without a mask and with
-        ``last_only`` (step-path rows) a mask slot is appended after each row's last item
-        (its newest ``maxlen - 1`` items kept) and its output returned ``[B, D]``."""
-        if batch.padding != "right":
-            raise ValueError("BERT4Rec reads right-padded batches")
-        net = self._network()
-        items, lengths = batch.items.to(self.device), batch.lengths.to(self.device)
-        if batch.mask is None:
-            if not last_only:
-                raise ValueError("BERT4Rec answers queries at a mask: give batch.mask")
-            items, lengths = append_mask_slot(items, lengths, self.maxlen)
-            mask = last_position_mask(items, lengths)
-        else:
-            mask = batch.mask.to(self.device)
-        if items.shape[1] > self.maxlen:
-            raise ValueError(f"batch width {items.shape[1]} > maxlen {self.maxlen}")
-        h = net(items, mask)
-        if not last_only:
-            return h
-        return h[torch.arange(len(h), device=h.device), lengths - 1]
+        """Queries ``[B, L, D]`` / ``[B, D]`` of a right-padded batch: at its mask positions,
+        or at a mask appended by the shared ``_masked_queries`` for step-path rows."""
+        return self._masked_queries(batch, last_only)
 
     @torch.no_grad()
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -339,6 +339,39 @@ class SequenceTransformer(Recommender):
 
         return recommend(self, inputs, k=k, **kwargs)
 
+    @torch.no_grad()
+    def _masked_queries(
+        self, batch: SequenceBatch, last_only: bool, pad_to_maxlen: bool = False
+    ) -> torch.Tensor:
+        """``encode`` of a masked-item model whose network is ``net(items, mask)`` on
+        right-padded rows. With ``batch.mask`` (the last-item rows: a mask appended or in
+        place) the outputs ``[B, L, F]`` (``[B, F]`` at each row's last position with
+        ``last_only``); without one and with ``last_only`` (step-path rows: inference) a mask
+        slot is appended after each row's newest ``maxlen - 1`` items. ``pad_to_maxlen``: rows
+        padded to ``maxlen`` (a model whose outputs depend on the padding, as a reference)."""
+        name = type(self).__name__
+        if batch.padding != "right":
+            raise ValueError(f"{name} reads right-padded batches")
+        net = self._network()
+        items, lengths = batch.items.to(self.device), batch.lengths.to(self.device)
+        if batch.mask is None:
+            if not last_only:
+                raise ValueError(f"{name} answers queries at a mask: give batch.mask")
+            items, lengths = append_mask_slot(items, lengths, self.maxlen)
+            mask = last_position_mask(items, lengths)
+        else:
+            mask = batch.mask.to(self.device)
+        if items.shape[1] > self.maxlen:
+            raise ValueError(f"batch width {items.shape[1]} > maxlen {self.maxlen}")
+        if pad_to_maxlen and items.shape[1] < self.maxlen:
+            pad = items.new_full((items.shape[0], self.maxlen - items.shape[1]), PAD)
+            items = torch.cat([items, pad], dim=1)
+            mask = torch.cat([mask, torch.zeros_like(pad, dtype=torch.bool)], dim=1)
+        out = net(items, mask)
+        if not last_only:
+            return out
+        return out[torch.arange(len(out), device=out.device), lengths - 1]
+
     # --------------------------------------------------------------------------- save/load
     def save(self, path: str | Path, *, optimizer: bool = True) -> Path:
         """The folder of the module docstring (``optimizer.pt`` only with ``optimizer``)."""

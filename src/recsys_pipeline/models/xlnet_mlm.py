@@ -52,11 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import (
-    SequenceTransformer,
-    append_mask_slot,
-    last_position_mask,
-)
+from recsys_pipeline.models.sequence_model import SequenceTransformer
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -307,31 +303,12 @@ class XLNetMLM(SequenceTransformer):
         return loss_fn
 
     # ------------------------------------------------------------------------ inference
-    @torch.no_grad()
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
-        """Queries of a right-padded batch: with ``batch.mask`` (the last-item rows, masked in
-        place or appended) the outputs ``[B, L, E]`` (``[B, E]`` at each row's last position
-        with ``last_only``); without a mask and with ``last_only`` (step-path rows: inference)
-        a mask is appended after each row's newest ``maxlen - 1`` items."""
-        if batch.padding != "right":
-            raise ValueError("XLNet-MLM reads right-padded batches")
-        net = self._network()
-        items, lengths = batch.items.to(self.device), batch.lengths.to(self.device)
-        if batch.mask is None:
-            if not last_only:
-                raise ValueError("XLNet-MLM answers queries at a mask: give batch.mask")
-            items, lengths = append_mask_slot(items, lengths, self.maxlen)
-            mask = last_position_mask(items, lengths)
-        else:
-            mask = batch.mask.to(self.device)
-        if self.params.attend_padding and items.shape[1] < self.maxlen:  # as the reference
-            pad = items.new_full((items.shape[0], self.maxlen - items.shape[1]), PAD)
-            items = torch.cat([items, pad], dim=1)
-            mask = torch.cat([mask, torch.zeros_like(pad, dtype=torch.bool)], dim=1)
-        z = net(items, mask)
-        if not last_only:
-            return z
-        return z[torch.arange(len(z), device=z.device), lengths - 1]
+        """Queries ``[B, L, E]`` / ``[B, E]`` of a right-padded batch: at its mask positions
+        (the last item masked in place, or an appended mask), or at a mask appended by the
+        shared ``_masked_queries`` for step-path rows (inference). With ``attend_padding``
+        rows are padded to ``maxlen``, as the reference's."""
+        return self._masked_queries(batch, last_only, pad_to_maxlen=self.params.attend_padding)
 
     @torch.no_grad()
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
