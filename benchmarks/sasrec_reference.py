@@ -21,8 +21,9 @@ Both legs run as child processes of this script with ``torch.set_num_threads(--t
 
 The configuration is the reference's for Amazon data (maxlen 50, hidden 50, 2 blocks, 1 head,
 dropout 0.5, lr 0.001, batch 128, BCE with one negative per position). ``--variant pmixer``
-runs ours with the port's attention (``attend_padding``, ``out_projection``) to attribute a gap
-between the legs to those two differences. The report lists every run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
+runs ours as the port's network (``attend_padding``: the padding computed and attended,
+``out_projection``, ``init="pmixer"``) to attribute a gap between the legs to those
+differences. The report lists every run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
 full-ranking figures, and the training sequences/s of each leg. With ``--jobs`` > 1 runs share
 the CPU: use the speed figures of a ``--jobs 1`` run on a quiet machine only.
 
@@ -53,8 +54,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
 DEFAULT_DATA = SHARED / "data" / "real" / "amazon_video_games_sasrec" / "Video.txt"
 DRIVER = SHARED / "reference" / "drive_pmixer.py"
-#: our network as the original TF code (default) or with the port's attention
-VARIANTS = {"tf": {}, "pmixer": {"attend_padding": True, "out_projection": True}}
+#: our network as the original TF code (default) or as the port computes it (its padding,
+#: output projection and initialisation)
+VARIANTS = {
+    "tf": {},
+    "pmixer": {"attend_padding": True, "out_projection": True, "init": "pmixer"},
+}
 CONFIG = {
     "maxlen": 50,
     "hidden_units": 50,

@@ -130,13 +130,13 @@ def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
     """pmixer/SASRec.pytorch's forward (commit 9f6a02b), re-stated with its own building block
     ``torch.nn.MultiheadAttention`` under a causal mask only: ``items [B, maxlen]`` 1-based,
     0 = padding on the left; the K/V/output weights are ours, so equal outputs mean the same
-    network. Returns ``[B, maxlen, D]``."""
+    network. The padding rows are never zeroed: they start at zero (item row 0, position 0)
+    and every layer computes them. Returns ``[B, maxlen, D]``."""
     seq_ids = torch.as_tensor(items, dtype=torch.long)
     b, n = seq_ids.shape
     d = net.item_emb.embedding_dim
-    seqs = net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)]
     keep = (seq_ids != 0).float().unsqueeze(-1)
-    seqs = seqs * keep
+    seqs = net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)] * keep
     causal = ~torch.ones(n, n, dtype=torch.bool).tril()
     for block in net.blocks:
         mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
@@ -151,15 +151,15 @@ def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
         q = block.attn_norm(seqs)
         attended, _ = mha(q, seqs, seqs, attn_mask=causal, need_weights=False)
         h = block.ffn_norm(q + attended)
-        seqs = (h + block.ffn.outer(F.relu(block.ffn.inner(h)))) * keep
+        seqs = h + block.ffn.outer(F.relu(block.ffn.inner(h)))
     return net.last_norm(seqs)
 
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_pmixer_variant_is_the_ports_forward(heads: int) -> None:
     """``attend_padding`` + ``out_projection`` compute the port's network (rows padded to
-    ``maxlen``, the padding attended through the K/V biases), whatever width the batch is cut
-    to; the default does not."""
+    ``maxlen``, the padding computed, attended and attending), whatever width the batch is
+    cut to; the default does not."""
     params = SASRecParams(maxlen=10, hidden_units=12, num_heads=heads, attend_padding=True,
                           out_projection=True, device="cpu")  # fmt: skip
     net = _random_net(params)
@@ -172,11 +172,39 @@ def test_pmixer_variant_is_the_ports_forward(heads: int) -> None:
             torch.testing.assert_close(
                 ours[real], reference[:, 10 - width :][real], atol=1e-5, rtol=1e-5
             )
-        net.blocks[0].attn.attend_padding = False
+        net.port_padding = False
         items = _left_padded(ROWS, 10)
         masked = net(torch.as_tensor(items))
     real = torch.as_tensor(items >= 0)
     assert not torch.allclose(masked[real], reference[real], atol=1e-3)
+
+
+def test_pmixer_init_is_the_ports() -> None:
+    """``init="pmixer"``: xavier_normal over the port's shapes (Q/K/V stacked [3D, D]: a std
+    sqrt(2) below the TF Glorot kernels), zero attention biases, default feed-forward biases
+    U(+-1/sqrt(D)), zero padding row; ``"tf"``: Glorot-uniform, zero biases."""
+    d, n_items = 64, 3000
+    stds = {}
+    for init in ("tf", "pmixer"):
+        torch.manual_seed(0)
+        net = SASRecNet(n_items, SASRecParams(hidden_units=d, num_blocks=2, init=init,
+                                               out_projection=True, device="cpu"))  # fmt: skip
+        block = net.blocks[0]
+        stds[init] = float(torch.cat([block.attn.q.weight, block.attn.k.weight]).detach().std())
+        assert torch.count_nonzero(net.item_emb.weight[0]) == 0
+        assert torch.count_nonzero(block.attn.q.bias) == 0
+        ffn_bias = block.ffn.inner.bias
+        if init == "tf":
+            assert torch.count_nonzero(ffn_bias) == 0
+        else:
+            assert bool((ffn_bias.abs() <= 1 / math.sqrt(d)).all())
+            assert float(ffn_bias.abs().mean()) > 0.25 / math.sqrt(d)
+            table_std = float(net.item_emb.weight[1:].std())
+            assert table_std == pytest.approx(math.sqrt(2 / (n_items + 1 + d)), rel=0.05)
+    assert stds["tf"] == pytest.approx(math.sqrt(2 / (2 * d)), rel=0.05)
+    assert stds["pmixer"] == pytest.approx(math.sqrt(2 / (4 * d)), rel=0.05)
+    with pytest.raises(ValueError, match="init must be one of"):
+        SASRecParams(init="kaiming")
 
 
 def test_causal_a_future_item_never_changes_a_past_output() -> None:

@@ -26,10 +26,17 @@ to the loss (TF's ``l2_regularizer``).
 
 Where popular PyTorch ports differ (each is a test in ``tests/models/test_sasrec.py``):
 
-* pmixer/SASRec.pytorch uses ``torch.nn.MultiheadAttention`` with only a causal mask: left
-  padding is attended by real positions (through the K/V biases), and the heads get an output
-  projection. Its positions count from 1 at the first column of the fixed-width window, which
-  is the same as ours (the last item at ``maxlen``) for left padding to ``maxlen``.
+* pmixer/SASRec.pytorch (commit 9f6a02b) pads every row to ``maxlen`` on the left and never
+  masks the padding: padding rows enter as zero vectors, pass through every layer norm,
+  attention (causal mask only) and feed-forward block like real rows (so after the first block
+  they are no longer zero and differ by dropout), and real positions attend them. Its heads get
+  ``torch.nn.MultiheadAttention``'s output projection. ``attend_padding=True`` +
+  ``out_projection=True`` compute exactly that network. Its positions count from 1 at the first
+  column of the fixed-width window, which is the same as ours (the last item at ``maxlen``).
+* pmixer initialises every parameter of two or more dimensions with ``xavier_normal_``: the
+  Q, K, V projections as one stacked ``[3D, D]`` matrix (a standard deviation sqrt(2) smaller
+  than three Glorot ``[D, D]`` kernels), and leaves the feed-forward biases at PyTorch's
+  default ``U(-1/sqrt(D), 1/sqrt(D))``: ``init="pmixer"``.
 * pmixer's ``l2_emb`` adds the (non-squared) norm; the TF code the squared norm / 2.
 * Since 2025 pmixer defaults to ``norm_first=False``, a **post-LN** block
   (``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, keys normalised too): our ``norm_first=False``.
@@ -37,8 +44,10 @@ Where popular PyTorch ports differ (each is a test in ``tests/models/test_sasrec
 * Negatives: the original draws one negative per position uniformly among the items the user
   never interacted with in training (``random_neq``); so does ``loss="bce"`` here, vectorised
   (:func:`~recsys_pipeline.training.losses.uniform_negatives_excluding`) instead of a Python
-  sampler process. The reference samples users with replacement for each batch; here every
-  user with >= 2 training items is one row per epoch, in a new random order each epoch.
+  sampler process. pmixer 9f6a02b draws batches from three sampler processes, each walking
+  its own shuffled order of all users, an epoch being ``ceil(users / batch_size)`` batches of
+  whichever process is ready; here every user with >= 2 training items is one row per epoch,
+  in a new random order each epoch.
 
 Losses (``loss``): ``"bce"`` (the original; one negative per position), ``"ce"`` (full softmax
 over every item, "SASRec+" of Klenitskiy & Vasilev 2023; ``label_smoothing``) and
@@ -78,6 +87,7 @@ __all__ = ["LOSSES", "SASRec", "SASRecNet", "SASRecParams"]
 
 LOSSES = ("bce", "ce", "sampled_softmax")
 NEGATIVES = ("uniform", "popularity")
+INITS = ("tf", "pmixer")
 _LN_EPS = 1e-8  # the TF normalize() and pmixer's LayerNorm
 
 
@@ -104,13 +114,15 @@ class SASRecParams(ModelParams):
         logq: ``sampled_softmax``: subtract the log sampling probability (logQ correction).
         label_smoothing: ``ce``: torch's label smoothing.
         norm_first: ``True``: the original query-only pre-LN block; ``False``: post-LN.
-        attend_padding: pmixer's attention (both commits): every row left padded to
-            ``maxlen`` and a real position also attends the padding (``maxlen - len`` keys
-            and values equal to the ``K`` / ``V`` biases, each with its own attention dropout;
-            slower: full-width attention). ``False``: the TF key mask, padding is never
-            attended.
+        attend_padding: pmixer's network (commit 9f6a02b): every row left padded to
+            ``maxlen`` and the padding computed like real positions, attended and attending
+            under a causal mask only (module docstring; slower: every layer runs at full
+            width). ``False``: the TF masks, padding is never attended and stays zero.
         out_projection: pmixer's ``nn.MultiheadAttention`` output projection after the heads
             (the TF code has none).
+        init: ``"tf"``: the TF defaults (Glorot-uniform, zero biases); ``"pmixer"``: the
+            port's ``xavier_normal_`` over the stacked Q/K/V matrix and default
+            feed-forward biases (module docstring).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
             faster; changes which sequences share a batch); 0 = off, the reference's batches.
         patience: early stopping after this many epochs without a better validation metric
@@ -145,6 +157,7 @@ class SASRecParams(ModelParams):
     norm_first: bool = True
     attend_padding: bool = False
     out_projection: bool = False
+    init: str = "tf"
     bucket: int = 0
     patience: int | None = None
     valid_metric: str = "ndcg@10"
@@ -179,6 +192,8 @@ class SASRecParams(ModelParams):
             errors.append(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
         if self.bucket < 0:
             errors.append(f"bucket must be >= 0, got {self.bucket}")
+        if self.init not in INITS:
+            errors.append(f"init must be one of {INITS}, got {self.init!r}")
         if self.patience is not None and self.patience < 1:
             errors.append(f"patience must be >= 1 or None, got {self.patience}")
         if errors:
@@ -212,19 +227,16 @@ class _Layout:
         groups: ``(rows [Bg], width W, allowed [Bg, 1, W, W])`` per group: the query column
             may attend the key column (causal, real keys; the diagonal keeps a padding row
             from having no key at all).
-        maxlen: the width every row is padded to in pmixer's attention (``attend_padding``).
     """
 
     index: torch.Tensor
     batch: int
     length: int
     groups: list[tuple[torch.Tensor, int, torch.Tensor]]
-    maxlen: int
 
     @classmethod
-    def of(cls, items: torch.Tensor, maxlen: int | None = None) -> _Layout:
-        """The layout of left-padded ``items [B, L]`` (:data:`PAD` at padding; rows counted
-        as padded to ``maxlen``, default ``L``)."""
+    def of(cls, items: torch.Tensor) -> _Layout:
+        """The layout of left-padded ``items [B, L]`` (:data:`PAD` at padding)."""
         batch, length = items.shape
         valid = items >= 0  # [B, L]
         index = valid.reshape(-1).nonzero().squeeze(1)  # [T]
@@ -240,7 +252,7 @@ class _Layout:
             causal = torch.ones(width, width, dtype=torch.bool, device=items.device).tril()
             allowed = ((causal & keys.unsqueeze(1)) | eye).unsqueeze(1)  # [Bg, 1, W, W]
             groups.append((rows, int(width), allowed))
-        return cls(index, batch, length, groups, length if maxlen is None else maxlen)
+        return cls(index, batch, length, groups)
 
     def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
@@ -255,60 +267,20 @@ class _Layout:
 class _Attention(nn.Module):
     """TF ``multihead_attention``: Q, K, V projections with bias, scaled dot product (causal,
     real keys only), dropout on the attention weights, heads concatenated, no output
-    projection. ``attend_padding`` / ``out_projection``: pmixer's variant
-    (:class:`SASRecParams`)."""
+    projection (``out_projection``: pmixer's, :class:`SASRecParams`)."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        dropout: float,
-        attend_padding: bool = False,
-        out_projection: bool = False,
-    ) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, out_projection: bool = False) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.attend_padding = attend_padding
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim) if out_projection else None
 
-    def _padded_attention(
-        self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout, dropout: float
-    ) -> torch.Tensor:
-        """pmixer's attention, exactly: every row left padded to ``maxlen``, a padding input
-        row is zero so its key and value are the ``K`` / ``V`` biases, and a causal mask only
-        (padding keys attended, each with its own attention dropout). ``query``, ``keys``
-        ``[T, D]`` -> ``[T, D]``."""
-        dim, width = query.shape[-1], layout.maxlen
-        q = layout.scatter(self.q(query))  # [B, L, D], zero at padding
-        kv = torch.cat([self.k(keys), self.v(keys)], dim=-1)
-        real = torch.zeros(layout.batch * layout.length, dtype=torch.bool, device=q.device)
-        real[layout.index] = True
-        bias = torch.cat([self.k.bias, self.v.bias]).to(kv.dtype)
-        kv_all = bias.expand(layout.batch * layout.length, 2 * dim).clone()
-        kv_all[layout.index] = kv
-        kv_all = kv_all.view(layout.batch, layout.length, 2 * dim)
-        extra = width - layout.length  # columns left of the batch's width, padding too
-        if extra:
-            kv_all = torch.cat([bias.expand(layout.batch, extra, 2 * dim), kv_all], dim=1)
-            q = torch.cat([q.new_zeros(layout.batch, extra, dim), q], dim=1)
-        heads = self.heads
-        q = q.view(layout.batch, width, heads, -1).transpose(1, 2)  # [B, H, N, D / H]
-        k, v = kv_all.view(layout.batch, width, 2, heads, -1).permute(2, 0, 3, 1, 4)
-        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril()
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=dropout)
-        attended = attended.transpose(1, 2).reshape(layout.batch, width, dim)[:, extra:]
-        return layout.gather(attended)
-
     def forward(self, query: torch.Tensor, keys: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """``query``, ``keys`` ``[T, D]`` (real positions) -> ``[T, D]``."""
         dim = query.shape[-1]
         dropout = self.dropout if self.training else 0.0
-        if self.attend_padding:
-            out = self._padded_attention(query, keys, layout, dropout)
-            return out if self.out is None else self.out(out)
         qkv = layout.scatter(torch.cat([self.q(query), self.k(keys), self.v(keys)], dim=-1))
         out = qkv.new_zeros(layout.batch, layout.length, dim)  # [B, L, D]
         for rows, width, allowed in layout.groups:
@@ -347,9 +319,7 @@ class _Block(nn.Module):
         self.norm_first = params.norm_first
         dropout = params.dropout_rate
         self.attn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.attn = _Attention(
-            dim, params.num_heads, dropout, params.attend_padding, params.out_projection
-        )
+        self.attn = _Attention(dim, params.num_heads, dropout, params.out_projection)
         self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
         self.ffn = _FeedForward(dim, dropout)
 
@@ -378,6 +348,8 @@ class SASRecNet(nn.Module):
         super().__init__()
         d = params.hidden_units
         self.maxlen = params.maxlen
+        self.port_padding = params.attend_padding
+        self.init = params.init
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(params.maxlen, d)
         self.emb_drop = nn.Dropout(params.dropout_rate)
@@ -386,7 +358,10 @@ class SASRecNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """TF defaults: Glorot-uniform tables and kernels, zero biases, unit LN gains."""
+        """``init="tf"``: TF defaults (Glorot-uniform tables and kernels, zero biases, unit LN
+        gains). ``"pmixer"``: the port's ``xavier_normal_`` of every matrix as its modules
+        hold them (the item and position tables with their padding rows, Q/K/V stacked
+        ``[3D, D]``), zero attention biases, PyTorch's default feed-forward biases."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -396,8 +371,29 @@ class SASRecNet(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.init == "pmixer":
+            self._pmixer_init()
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+
+    @torch.no_grad()
+    def _pmixer_init(self) -> None:
+        d = self.item_emb.embedding_dim
+
+        def glorot_normal(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+            weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+        glorot_normal(self.item_emb.weight, d, self.item_emb.num_embeddings)
+        glorot_normal(self.pos_emb.weight, d, self.maxlen + 1)  # the port's has a padding row
+        for block in self.blocks:
+            assert isinstance(block, _Block)
+            for linear in (block.attn.q, block.attn.k, block.attn.v):
+                glorot_normal(linear.weight, d, 3 * d)  # one in_proj_weight [3D, D]
+            if block.attn.out is not None:
+                nn.init.xavier_normal_(block.attn.out.weight)
+            for linear in (block.ffn.inner, block.ffn.outer):  # Conv1d(D, D, kernel_size=1)
+                nn.init.xavier_normal_(linear.weight)
+                nn.init.uniform_(linear.bias, -1 / math.sqrt(d), 1 / math.sqrt(d))
 
     @property
     def n_items(self) -> int:
@@ -409,7 +405,9 @@ class SASRecNet(nn.Module):
         length = items.shape[1]
         if length > self.maxlen:
             raise ValueError(f"sequence width {length} > maxlen {self.maxlen}")
-        layout = _Layout.of(items, self.maxlen)
+        if self.port_padding:
+            return self._port_forward(items)
+        layout = _Layout.of(items)
         index = layout.index
         tokens = items.reshape(-1).index_select(0, index)  # [T]
         positions = index % length + (self.maxlen - length)  # [T], last column = maxlen - 1
@@ -419,6 +417,23 @@ class SASRecNet(nn.Module):
         for block in self.blocks:
             x = block(x, layout)
         return layout.scatter(self.last_norm(x))
+
+    def _port_forward(self, items: torch.Tensor) -> torch.Tensor:
+        """pmixer 9f6a02b (``attend_padding``): rows left padded to ``maxlen``; a padding
+        position enters as a zero vector (item row 0, no position vector) and is computed by
+        every layer like a real one, under a causal mask only. ``[B, L]`` -> ``[B, L, D]``
+        (the real positions' outputs; zero at padding)."""
+        batch, length = items.shape
+        width, dim = self.maxlen, self.item_emb.embedding_dim
+        padded = F.pad(items, (width - length, 0), value=PAD)  # [B, N]
+        real = (padded >= 0).unsqueeze(-1)  # [B, N, 1]
+        layout = _Layout.of(torch.zeros_like(padded))  # every position is computed
+        x = self.item_emb(padded + 1) * math.sqrt(dim) + self.pos_emb.weight * real  # [B, N, D]
+        x = self.emb_drop(x).reshape(batch * width, dim)
+        for block in self.blocks:
+            x = block(x, layout)
+        out = self.last_norm(x).view(batch, width, dim)[:, width - length :]
+        return out * real[:, width - length :]
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Embeddings ``[stop - start, D]`` of item indices ``start .. stop - 1``."""
