@@ -78,6 +78,88 @@ def test_study_resumes_after_a_kill_and_retries_the_interrupted_trial(tmp_path):
     assert len(_states(url, name)) == len(trials)
 
 
+def _kill_while_running(
+    url: str, name: str, n_trials: int, n_complete: int
+) -> optuna.trial.FrozenTrial:
+    """Start a worker, SIGKILL it while trial ``n_complete`` runs (``n_complete`` complete
+    before it, its parameters drawn); the killed trial."""
+    proc = _start(url, name, n_trials, epoch_s=0.5)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.1)
+        try:
+            trials = _states(url, name)
+        except KeyError:
+            continue
+        states = [t.state for t in trials]
+        if (states.count(TrialState.COMPLETE) == n_complete and states[-1] == TrialState.RUNNING
+                and trials[-1].params and trials[-1].user_attrs.get("worker")):  # fmt: skip
+            break
+        if states.count(TrialState.COMPLETE) > n_complete:
+            proc.kill()
+            pytest.fail("missed the moment to kill")
+    else:
+        proc.kill()
+        pytest.fail("worker made no progress: " + proc.communicate()[0].decode())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    running = [t for t in _states(url, name) if t.state == TrialState.RUNNING]
+    assert len(running) == 1
+    return running[0]
+
+
+def _resume(url: str, name: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    out = subprocess.run(
+        [sys.executable, str(WORKER), url, name, str(n_trials), "0.02"],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    return _states(url, name)
+
+
+def _assert_retried(
+    trials: list[optuna.trial.FrozenTrial], killed: optuna.trial.FrozenTrial
+) -> None:
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].state == TrialState.COMPLETE
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.parametrize("wait", [0.0, 2.5], ids=["rerun-at-once", "rerun-after-grace"])
+def test_a_trial_killed_while_the_last_needed_one_runs_is_retried(tmp_path, wait):
+    """The issue's sequence: n_trials=3, SIGKILL while trial 2 runs (0 and 1 complete), rerun:
+    trial 2 is failed and retried with its parameters, at once (its process is gone from this
+    host) as well as after the grace period; a further rerun runs nothing."""
+    url, name = f"sqlite:///{tmp_path / 'study.db'}", "last"
+    killed = _kill_while_running(url, name, 3, n_complete=2)
+    time.sleep(wait)
+    trials = _resume(url, name, 3)
+    _assert_retried(trials, killed)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    time.sleep(2.5)
+    assert len(_resume(url, name, 3)) == len(trials)
+
+
+def test_a_dead_trial_is_retried_when_the_study_is_already_full(tmp_path):
+    """A worker on another host died while its trial ran and the study reached n_trials
+    meanwhile (another worker finished one more): resuming after the grace period still fails
+    and retries the dead trial (the early return used to leave it RUNNING for good)."""
+    url, name = f"sqlite:///{tmp_path / 'study.db'}", "full"
+    killed = _kill_while_running(url, name, 3, n_complete=2)
+    study = optuna.load_study(study_name=name, storage=url)
+    study._storage.set_trial_user_attr(killed._trial_id, "worker", "another-host:1")
+    done = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    study.add_trial(optuna.trial.create_trial(
+        params=done.params, distributions=done.distributions, value=-1.0))  # fmt: skip
+    time.sleep(2.5)  # longer than the grace period
+    trials = _resume(url, name, 3)
+    _assert_retried(trials, killed)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
 def _settings(tmp_path, **kwargs) -> StudySettings:
     return StudySettings(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", **kwargs)
 

@@ -7,8 +7,6 @@ user-item models with the user-based full ranking, each user's training items le
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models.registry import model_class
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning.space import ParamSpec, suggest
+from recsys_pipeline.tuning.study import worker_id
 
 __all__ = ["METRICS", "Metric", "TrialTracker", "model_objective", "trial_params"]
 
@@ -84,10 +83,6 @@ def as_epoch_stats(record: EpochStats | dict[str, Any]) -> EpochStats:
         n_batches=int(record.get("n_batches", 0)),
         n_targets=int(record.get("n_targets", record.get("samples", 0))),
     )
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def model_objective(

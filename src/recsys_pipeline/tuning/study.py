@@ -6,9 +6,11 @@ RDB storage (a SQLite file by default, PostgreSQL for many machines), so that
 
 * a killed run continues where it stopped: ``n_trials`` is the number of *finished* trials the
   study should hold (complete or pruned), and a worker only runs what is missing;
-* a trial whose worker died (no heartbeat for ``grace_period`` seconds) is marked failed and
-  retried once with the same parameters by the next worker (Optuna's heartbeat and
-  ``RetryHeartbeatStaleTrialCallback``);
+* a trial whose worker died is marked failed and retried once with the same parameters
+  whenever the study is resumed, also when the study already holds ``n_trials`` finished
+  trials: at once when the worker ran on this host and its process is gone, otherwise once
+  it has had no heartbeat for ``grace_period`` seconds (Optuna's heartbeat,
+  ``fail_stale_trials`` and ``RetryHeartbeatStaleTrialCallback``);
 * any number of workers on any machines share one study: Optuna's RDB storage hands out the
   trials, no scheduler of our own;
 * a study remembers its space, fixed parameters and metric (user attributes): opening it with
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -47,8 +51,10 @@ __all__ = [
     "make_pruner",
     "open_study",
     "optimize",
+    "recover_dead_trials",
     "redact_url",
     "trials_table",
+    "worker_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -273,6 +279,71 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process (a trial's ``worker`` user attribute)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail every running trial whose worker is dead and queue its retry (same parameters,
+    up to ``max_retry`` times, by the storage's ``RetryHeartbeatStaleTrialCallback``):
+
+    * a worker on this host whose process no longer exists (a rerun right after a kill);
+    * any worker without a heartbeat for ``grace_period`` seconds (other hosts too).
+
+    Returns the numbers of the trials failed here.
+    """
+    storage = study._storage  # noqa: SLF001 - Optuna has no public accessor of a study's storage
+    failed_ids: list[int] = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or not _process_gone(int(pid)):
+            continue
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):  # noqa: SLF001
+                failed_ids.append(trial._trial_id)  # noqa: SLF001
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    numbers = []
+    for trial_id in failed_ids:
+        failed = storage.get_trial(trial_id)
+        numbers.append(failed.number)
+        if callback is not None:
+            callback(study, failed)
+    stale_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    numbers += [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number not in stale_before
+    ]
+    for number in numbers:
+        logger.warning(
+            "trial %d of study %r: its worker died; marked failed and queued again",
+            number,
+            study.study_name,
+        )
+    return sorted(numbers)
+
+
+def _waiting(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def optimize(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -281,20 +352,28 @@ def optimize(
     timeout: float | None = None,
 ) -> int:
     """Run trials until the study holds ``n_trials`` finished ones (counting those of earlier
-    runs and of other workers); returns how many this call finished.
+    runs and of other workers) and no queued trial waits; returns how many this call ran.
 
-    Several workers may overshoot by up to one trial each (each checks the count before it
-    starts its last trial); no trial runs twice.
+    Trials of dead workers are failed and retried first (:func:`recover_dead_trials`), also
+    when the study has ``n_trials`` finished trials already: a retry is never lost. Several
+    workers may overshoot by up to one trial each (each checks the count before it starts its
+    last trial); no trial runs twice. Every trial records its ``worker`` (:func:`worker_id`).
     """
-    before = finished_trials(study)
-    if before >= n_trials:
-        logger.info("study %r already has %d finished trials", study.study_name, before)
+
+    def tracked(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        return objective(trial)
+
+    recover_dead_trials(study)
+    if finished_trials(study) >= n_trials and not _waiting(study):
+        logger.info(
+            "study %r already has %d finished trials", study.study_name, finished_trials(study)
+        )
         return 0
     started = time.perf_counter()
     mine = failed = 0
     while True:
-        done = finished_trials(study)
-        if done >= n_trials:
+        if finished_trials(study) >= n_trials and not _waiting(study):
             break
         if failed > n_trials:
             raise TuningError(f"{failed} trials failed in this run (diverged?): giving up")
@@ -302,7 +381,7 @@ def optimize(
             logger.info("tuning timeout reached after %d trials", mine)
             break
         before_states = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        study.optimize(objective, n_trials=1, gc_after_trial=True, catch=())
+        study.optimize(tracked, n_trials=1, gc_after_trial=True, catch=())
         mine += 1
         failed += len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) > before_states
     logger.info(
