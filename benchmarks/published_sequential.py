@@ -29,7 +29,10 @@ most ``--max-epochs``, best epoch restored; GRU4Rec (bpr-max, the Diginetica bes
 most-popular and last-item co-occurrence baselines, fitted on the same ``loo_train``.
 
 It trains for hours on 2 CPU cores (a benchmark, not a test); ``--datasets`` and ``--models``
-pick some, ``--max-epochs 2`` is a smoke run.
+pick some, ``--max-epochs 2`` is a smoke run. One line per epoch (loss, validation metric,
+seconds). A run longer than a sitting: ``--checkpoint-root DIR`` checkpoints every sequence
+model after each epoch (and resumes it, the early-stopping state included), and with
+``--json`` a rerun skips the models that the file already has.
 
     .venv/bin/python benchmarks/published_sequential.py --datasets beauty --models sasrec:ce \
         --set sasrec.hidden_units=64 sasrec.dropout_rate=0.1 --max-epochs 100 --json out/b.json
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a model's parameter over its dataset block, e.g. sasrec.hidden_units=64",
     )  # fmt: skip
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--checkpoint-root", type=Path,
+        help="checkpoint each sequence model here after every epoch; a rerun resumes it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault(kind, {})[name] = yaml.safe_load(value)
     block = yaml.safe_load(PARAMS_FILE.read_text())
     rows: list[dict[str, Any]] = []
+    if args.json and args.json.exists():  # a rerun: keep what an earlier run finished
+        rows = json.loads(args.json.read_text())
+        print(f"{args.json}: {len(rows)} results of an earlier run kept", flush=True)
+    done = {(r["dataset"], r["model"]) for r in rows}
 
     def save(rows: list[dict[str, Any]]) -> None:  # after every model: a partial run counts
         if args.json:
@@ -156,9 +167,22 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{kind} ({loss})" if loss else kind
             candidates.append((label, create_model(kind, params)))
         for model_name, model in candidates:
+            if (name, model_name) in done:
+                continue
             t0 = time.perf_counter()
             if model.kind != "gru4rec":
-                model.fit(train, valid=valid, progress=False)
+                slug = model_name.replace(" (", "_").rstrip(")")
+                model.fit(
+                    train,
+                    valid=valid,
+                    progress=False,
+                    callback=lambda s, label=model_name: print(
+                        f"  {label} epoch {s.epoch}: loss {s.loss:.4f}, valid "
+                        f"{s.valid_metric if s.valid_metric is None else round(s.valid_metric, 4)}"
+                        f", {s.seconds:.0f} s", flush=True),
+                    checkpoint_dir=(args.checkpoint_root / f"{name}_{slug}_seed{args.seed}"
+                                    if args.checkpoint_root else None),
+                )  # fmt: skip
             else:
                 model.fit(train, progress=False)
             train_s = time.perf_counter() - t0
@@ -176,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)  # fmt: skip
         for model_name, model in (("most_popular", MostPopular.fit(train)),
                                   ("last_item_cooccurrence", LastItemCooccurrence.fit(train))):  # fmt: skip
+            if (name, model_name) in done:
+                continue
             rows.append(
                 {"dataset": name, "model": model_name} | test_metrics(model, train, valid, test)
             )

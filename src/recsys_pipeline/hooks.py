@@ -1,14 +1,24 @@
-"""Project hooks: a lock so that two ``retrain`` runs never overlap."""
+"""Project hooks: a lock so that two ``retrain`` runs never overlap; a run journal so that a
+failed, interrupted or killed run leaves no new version behind (:class:`RunJournalHook`)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
+import os
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import AbstractVersionedDataset
 
 from recsys_pipeline.operations.ingest import RunLock
+from recsys_pipeline.partial import partial_suffix, process_gone, writer_gone
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +55,222 @@ class RetrainLockHook:
     @hook_impl
     def on_pipeline_error(self) -> None:
         self._release()
+
+
+# ------------------------------------------------------------------------------ run journal
+
+JOURNAL_DIR = Path("data") / ".runs"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _prune_empty(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to ``stop`` (excluded) while they are empty."""
+    path, stop = path.absolute(), stop.absolute()
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _version_dirs(catalog: Any, names: set[str]) -> list[list[str]]:
+    """``[folder, keep]`` per versioned dataset of ``names``: the folder this run's save will
+    create, and its nearest ancestor that exists now (the rollback removes the folders the
+    run created up to there)."""
+    dirs = []
+    for name in sorted(names):
+        try:
+            dataset = catalog.get(name)
+        except Exception:  # noqa: BLE001 - a name the catalog cannot resolve saves nowhere
+            continue
+        if not isinstance(dataset, AbstractVersionedDataset):
+            continue
+        version = dataset.resolve_save_version()
+        if version:
+            path = Path(str(dataset._get_versioned_path(version))).parent.absolute()  # noqa: SLF001
+            dirs.append([str(path), str(_existing_ancestor(path))])
+    return dirs
+
+
+class RunJournalHook:
+    """A failed, interrupted or killed ``kedro run`` leaves no new version behind.
+
+    Kedro saves every node's outputs as it goes, each under the run's save version
+    (``data/<layer>/<dataset>/<name>/<save_version>/``). Before the pipeline runs, this hook
+    writes a journal ``data/.runs/<save_version>.json`` (pid, host, the version folders the
+    run may create, later its MLflow run id) and removes it when the run succeeds. When the
+    run fails (an exception: Kedro's ``on_pipeline_error``) or is interrupted (Ctrl-C: at exit)
+    it deletes this run's version folders, so "latest" is what it was before the run. A run
+    killed outright (SIGKILL, power loss) cannot clean up: the next ``kedro run`` on the same
+    host finds its journal with a dead pid and rolls it back then, removes the partial files
+    writers leave (``*.partial-<host>-<pid>`` of dead processes under ``data/``: temporary
+    decompressions, model folders being saved) and marks its MLflow run ``KILLED``.
+    """
+
+    def __init__(self) -> None:
+        self._journal: Path | None = None
+        self._record: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- hooks
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        recover_killed_runs()
+        version = str(run_params.get("session_id") or time.strftime("%Y-%m-%dT%H.%M.%S"))
+        outputs = set(pipeline.all_outputs())
+        self._record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "save_version": version,
+            "started": time.time(),
+            "pipelines": run_params.get("pipeline_names") or [run_params.get("pipeline_name")],
+            "version_dirs": _version_dirs(catalog, outputs),
+            "mlflow_run_id": None,
+            "mlflow_tracking_uri": None,
+        }
+        JOURNAL_DIR.mkdir(parents=True, exist_ok=True)
+        self._journal = (JOURNAL_DIR / f"{version}-{os.getpid()}.json").absolute()
+        self._write()
+        atexit.register(self._at_exit)
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        if self._journal is None or self._record.get("mlflow_run_id"):
+            return
+        try:
+            import mlflow
+
+            active = mlflow.active_run()
+            if active is not None:
+                self._record["mlflow_run_id"] = active.info.run_id
+                self._record["mlflow_tracking_uri"] = mlflow.get_tracking_uri()
+                self._write()
+        except Exception:  # noqa: BLE001 - tracking is optional here
+            return
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._close()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        removed = rollback(self._record)
+        if removed:
+            logger.warning(
+                "the run failed (%s): its %d new version folder(s) were removed, the latest "
+                "versions are those of before the run",
+                type(error).__name__,
+                len(removed),
+            )
+        self._close()
+
+    # ---------------------------------------------------------------- helpers
+    def _write(self) -> None:
+        assert self._journal is not None
+        tmp = self._journal.with_name(self._journal.name + partial_suffix())
+        tmp.write_text(json.dumps(self._record, indent=1))
+        os.replace(tmp, self._journal)
+
+    def _close(self) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._journal.unlink()
+            _prune_empty(self._journal.parent, self._journal.parent.parent)
+        self._journal = None
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        """The interpreter exits while the run is unfinished (Ctrl-C, ``sys.exit``)."""
+        if self._journal is None or not self._journal.exists():
+            return
+        rollback(self._record)
+        _end_mlflow_run(self._record, "KILLED")
+        self._close()
+
+
+def rollback(record: dict[str, Any]) -> list[str]:
+    """Delete the version folders of the run ``record`` (a journal) and the empty folders it
+    created above them; the removed paths."""
+    removed = []
+    for folder, keep in record.get("version_dirs", []):
+        path = Path(folder)
+        if path.exists():
+            _remove(path)
+            removed.append(folder)
+        _prune_empty(path.parent, Path(keep))
+    return removed
+
+
+def _end_mlflow_run(record: dict[str, Any], status: str) -> None:
+    run_id, uri = record.get("mlflow_run_id"), record.get("mlflow_tracking_uri")
+    if not run_id:
+        return
+    try:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+            return
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)
+    except Exception as err:  # noqa: BLE001 - the data rollback matters more
+        logger.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
+
+
+def sweep_partial_files(root: Path = Path("data")) -> list[Path]:
+    """Remove the ``*.partial-<host>-<pid>`` files and folders under ``root`` whose process on
+    this host is gone (what a killed writer left); the removed paths."""
+    if not root.exists():
+        return []
+    removed = []
+    for path in sorted(root.rglob("*.partial-*")):
+        if path.exists() and writer_gone(path.name):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def recover_killed_runs() -> list[dict[str, Any]]:
+    """Roll back every journalled run of this host whose process is gone, remove the partial
+    files of dead writers and mark their MLflow runs ``KILLED``; the recovered journals."""
+    recovered = []
+    host = socket.gethostname()
+    for journal in sorted(JOURNAL_DIR.glob("*.json")) if JOURNAL_DIR.exists() else []:
+        try:
+            record = json.loads(journal.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("host") != host or not process_gone(int(record.get("pid", 0))):
+            continue
+        removed = rollback(record)
+        _end_mlflow_run(record, "KILLED")
+        with contextlib.suppress(FileNotFoundError):
+            journal.unlink()
+        logger.warning(
+            "an earlier run (%s, pid %s, started %s) was killed: removed its %d version folder(s)",
+            ", ".join(p for p in record.get("pipelines") or [] if p) or "__default__",
+            record.get("pid"),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", 0))),
+            len(removed),
+        )
+        recovered.append(record)
+    for path in sweep_partial_files():
+        logger.warning("removed %s, left by a killed process", path)
+    if JOURNAL_DIR.exists():
+        _prune_empty(JOURNAL_DIR, JOURNAL_DIR.parent)
+    return recovered

@@ -36,7 +36,7 @@ def test_variants_read_identically(tmp_path: Path, ratings: pl.DataFrame, gzippe
             {"UserId": pl.Int64, "ItemId": pl.Int64, "Rating": pl.Float64, "Time": pl.Int64}
         ), variant
         assert df.equals(ratings), variant
-    assert not list(tmp_path.rglob("*.tmp")), "temporary inflated files must be removed"
+    assert not list(tmp_path.rglob("*.partial-*")), "temporary inflated files must be removed"
 
 
 def test_read_events_gives_the_standard_frame(tmp_path: Path, ratings: pl.DataFrame):

@@ -203,7 +203,7 @@ def test_unknown_format():
 def test_run_protocol_on_empty_result_says_so(tmp_path):
     write(tmp_path / "events.csv", "timestamp,visitorid,event,itemid,transactionid\n1,1,view,5,\n")
     ev = read_events("retailrocket", tmp_path)
-    with pytest.raises(ValueError, match="no event survived"):
+    with pytest.raises(ValueError, match="No event survived"):
         run_protocol(
             ev,
             ProtocolConfig(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_pipeline.partial import partial_suffix
+
 logger = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
@@ -92,7 +94,9 @@ class RawFormat:
                 if path.suffix != ".gz":
                     out.append(path)
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(  # ".partial-<host>-<pid>": removed if we die
+                    prefix=f".{path.stem}.", suffix=partial_suffix(), dir=path.parent
+                )
                 temps.append(Path(tmp))
                 try:
                     with gzip.open(path, "rb") as src, open(fd, "wb") as dst:

@@ -32,6 +32,7 @@ from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.polars import EagerPolarsDataset
 
 from recsys_pipeline.datasets import get_format
+from recsys_pipeline.partial import partial_suffix
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class RawEventsDataset(AbstractVersionedDataset[RawSource, RawSource]):
     def save(self, data: RawSource) -> None:
         """Move the finished files of ``data.directory`` into this dataset's folder."""
         target = Path(str(self._get_save_path()))
-        staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        staging = target.with_name(f".{target.name}{partial_suffix()}")
         staging.mkdir(parents=True, exist_ok=True)
         for name in data.files:
             shutil.move(str(Path(data.directory) / name), staging / name)
@@ -96,8 +97,9 @@ class RawEventsDataset(AbstractVersionedDataset[RawSource, RawSource]):
 
 
 def _atomic_write(fs: Any, path: str, write: Any, open_args: dict[str, Any]) -> None:
-    """Write through ``write(file)`` to ``path + .partial-<pid>``, then rename it to ``path``."""
-    tmp = f"{path}.partial-{os.getpid()}"
+    """Write through ``write(file)`` to ``path + .partial-<host>-<pid>``, then rename it to
+    ``path``."""
+    tmp = f"{path}{partial_suffix()}"
     fs.mkdirs(os.path.dirname(path), exist_ok=True)
     try:
         with fs.open(tmp, **open_args) as handle:
@@ -203,7 +205,7 @@ class ModelDataset(AbstractVersionedDataset):
 
     def save(self, data: Any) -> None:
         target = Path(str(self._get_save_path()))
-        staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        staging = target.with_name(f".{target.name}{partial_suffix()}")
         if staging.exists():
             shutil.rmtree(staging)
         staging.parent.mkdir(parents=True, exist_ok=True)

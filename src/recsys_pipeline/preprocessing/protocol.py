@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -343,6 +344,75 @@ class ProtocolConfig:
     fixed_tsplit: int | None = None
     min_item_support: int = 5
     min_session_length: int = 2
+    min_split_sessions: int = 1  # fewer sessions in any split is an error (check_split_sizes)
+
+
+class EmptySplitError(ValueError):
+    """A split holds fewer sessions than the protocol's minimum (``min_split_sessions``)."""
+
+
+def check_split_sizes(
+    full: pl.DataFrame,
+    splits: dict[str, pl.DataFrame],
+    cuts: dict[str, Any],
+    config: ProtocolConfig,
+    dataset: str,
+) -> None:
+    """Fail when the data left for any split is below ``config.min_split_sessions`` sessions
+    (before anything of the split is written): the message names the dataset, the split, its
+    cut time and what to change.
+
+    Raises:
+        EmptySplitError: with every split that is too small.
+    """
+    minimum = max(1, config.min_split_sessions)
+    unit = config.time_unit_seconds
+
+    def when(key: str) -> str:
+        value = cuts.get(key)
+        return "?" if value is None else f"{iso_utc(value, unit)} ({value})"
+
+    if config.protocol == "rsc15":
+        rules = {
+            "train_full": f"sessions ending before {when('cut_test_end_time')}",
+            "test": f"sessions ending at or after {when('cut_test_end_time')}, train items only",
+            "train_tr": f"train_full sessions ending before {when('cut_valid_end_time')}",
+            "train_valid": f"train_full sessions ending at or after "
+            f"{when('cut_valid_end_time')}, train_tr items only",
+        }
+    else:
+        rules = {
+            "train_full": f"events before the test cut {when('cut_test')}",
+            "test": f"sessions starting at or after the test cut {when('cut_test')}",
+            "train_tr": f"events before the validation cut {when('cut_valid')}",
+            "train_valid": f"train_full sessions starting at or after the validation cut "
+            f"{when('cut_valid')}",
+        }
+    small = []
+    for name, frame in splits.items():
+        n = frame.get_column(SESSION).n_unique() if frame.height else 0
+        if n < minimum:
+            small.append(f"'{name}' has {n} sessions ({rules.get(name, name)})")
+    if not small:
+        return
+    stats = frame_stats(full, unit)
+    span = (
+        f"The filtered data holds {stats['events']} events in {stats['sessions']} sessions, "
+        f"{stats['start_utc']} .. {stats['end_utc']}"
+        if stats["events"]
+        else "No event survived the filters"
+    )
+    tsplit = (
+        f"fixed_tsplit={config.fixed_tsplit} ({iso_utc(config.fixed_tsplit, unit)})"
+        if config.fixed_tsplit is not None
+        else "fixed_tsplit=null (the last timestamp)"
+    )
+    raise EmptySplitError(
+        f"dataset {dataset!r}: " + "; ".join(small) + f"; at least {minimum} needed "
+        f"(min_split_sessions). {span}. Change preprocess.{dataset}: {tsplit}, "
+        f"n_test_days={config.n_test_days}, min_item_support={config.min_item_support}, "
+        f"min_session_length={config.min_session_length}, or add data."
+    )
 
 
 @dataclass
@@ -355,7 +425,9 @@ class ProtocolResult:
     cuts: dict[str, float]
 
 
-def run_protocol(events: pl.DataFrame, config: ProtocolConfig) -> ProtocolResult:
+def run_protocol(
+    events: pl.DataFrame, config: ProtocolConfig, dataset: str = "?"
+) -> ProtocolResult:
     """Standard frame (``datasets.read_events``) -> full data, the four splits and the trace.
 
     The same steps the Kedro nodes run one by one, chained for scripts and benchmarks.
@@ -364,11 +436,15 @@ def run_protocol(events: pl.DataFrame, config: ProtocolConfig) -> ProtocolResult
         clicks = events.rename({"key": SESSION}).select(OUTPUT_COLUMNS)
         full, trace = rsc15_filter(clicks, config.min_item_support, config.min_session_length)
         splits, cuts = rsc15_splits(full, config.n_test_days, config.min_session_length)
+        check_split_sizes(full, splits, cuts, config, dataset)
         return ProtocolResult(full, splits, trace, cuts)
     df = sessionise(events, config.session_mode, config.gap_on, config.gap)
     df = remove_consecutive_duplicates(df)
     full, trace = iterative_support_filter(df, config.min_item_support, config.min_session_length)
+    if full.height == 0:
+        check_split_sizes(full, {"train_full": full}, {}, config, dataset)
     points = split_points(full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit)
     splits = protocol_splits(full, points, config.min_session_length)
     cuts = {"tsplit": points.tsplit, "cut_test": points.cut_test, "cut_valid": points.cut_valid}
+    check_split_sizes(full, splits, cuts, config, dataset)
     return ProtocolResult(full, splits, trace, cuts)

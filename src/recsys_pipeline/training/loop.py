@@ -69,6 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_pipeline.partial import partial_suffix
 from recsys_pipeline.training.trainer import EpochStats, run_epoch
 
 logger = logging.getLogger(__name__)
@@ -581,7 +582,7 @@ def _get_state(obj: torch.Generator | Stateful) -> Any:
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=partial_suffix())
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

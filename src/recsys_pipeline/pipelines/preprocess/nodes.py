@@ -95,11 +95,19 @@ def support_filter(
 def split(full: pl.DataFrame, params: dict[str, Any]) -> tuple[dict[str, pl.DataFrame], dict]:
     """train_full/test and train_tr/train_valid by the dataset's time rule; returns the cuts too."""
     config = _config(params)
+    dataset = params.get("format", "?")
     if config.protocol == "rsc15":
-        return P.rsc15_splits(full, config.n_test_days, config.min_session_length)
-    points = P.split_points(full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit)
-    cuts = {"tsplit": points.tsplit, "cut_test": points.cut_test, "cut_valid": points.cut_valid}
-    return P.protocol_splits(full, points, config.min_session_length), cuts
+        splits, cuts = P.rsc15_splits(full, config.n_test_days, config.min_session_length)
+    elif full.height == 0:
+        splits, cuts = {name: full for name in SPLITS}, {}
+    else:
+        points = P.split_points(
+            full, config.n_test_days, config.time_unit_seconds, config.fixed_tsplit
+        )
+        cuts = {"tsplit": points.tsplit, "cut_test": points.cut_test, "cut_valid": points.cut_valid}
+        splits = P.protocol_splits(full, points, config.min_session_length)
+    P.check_split_sizes(full, splits, cuts, config, dataset)
+    return splits, cuts
 
 
 def validate(

@@ -196,7 +196,7 @@ def prepare(
     events = pl.concat(
         [read_events(fmt, f.path.parent, [f.path.name]) for f in report.new], how="vertical"
     )
-    result = run_protocol(events, config)
+    result = run_protocol(events, config, params["dataset"])
     train, window = result.splits["train_full"], result.splits["test"]
     validation = validate_splits(
         {"full": result.full, "train_full": train, "test": window},
