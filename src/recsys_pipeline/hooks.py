@@ -128,6 +128,9 @@ class RunJournalHook:
     # ---------------------------------------------------------------- hooks
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if self._journal is not None:  # an earlier run of this process never started its nodes
+            rollback(self._record)
+            self._close()
         recover_killed_runs()
         version = str(run_params.get("session_id") or time.strftime("%Y-%m-%dT%H.%M.%S"))
         outputs = set(pipeline.all_outputs())

@@ -329,6 +329,52 @@ def test_bad_data_exits_1_with_a_clear_message(data, trained, tmp_path, capsys):
     assert out.startswith("Test set: ")  # the first test set was evaluated and printed
 
 
+def test_a_damaged_model_folder_is_one_line_naming_the_file(trained, data, tmp_path, capsys):
+    """Truncated weights, garbage model.json, a missing shape parameter, weights of another
+    shape, a missing id file: exit 1, one ``error:`` line naming the folder's file."""
+    import shutil
+
+    def damaged(name: str, change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(trained.model, folder)
+        change(folder)
+        return folder
+
+    def truncate(folder: Path) -> None:
+        weights = folder / "weights.pt"
+        weights.write_bytes(weights.read_bytes()[:100])
+
+    def garbage(folder: Path) -> None:
+        (folder / "model.json").write_text("{not json")
+
+    def edit_params(**changes):
+        def change(folder: Path) -> None:
+            record = json.loads((folder / "model.json").read_text())
+            for key, value in changes.items():
+                if value is None:
+                    record["params"].pop(key)
+                else:
+                    record["params"][key] = value
+            (folder / "model.json").write_text(json.dumps(record))
+
+        return change
+
+    cases = {
+        "truncated": (truncate, "weights.pt: truncated or not a PyTorch state dict"),
+        "garbage": (garbage, "model.json: not valid JSON"),
+        "no_layers": (edit_params(layers=None), "model.json: missing the parameter(s) 'layers'"),
+        "other_shape": (edit_params(layers=[7]), "weights.pt: the weights do not fit"),
+        "no_ids": (lambda f: (f / "item_ids.json").unlink(), "item_ids.json: missing"),
+    }
+    for name, (change, message) in cases.items():
+        folder = damaged(name, change)
+        code, out, err = run(capsys, folder, "-l", "-t", data.test)
+        lines = err.strip().splitlines()
+        assert code == 1 and out == "", name
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert str(folder) in lines[0] and message in lines[0], (name, err)
+
+
 # -------------------------------------------------------------------- as a program, Kedro
 
 

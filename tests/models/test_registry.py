@@ -296,6 +296,62 @@ def test_bad_model_json_names_the_file(tmp_path: Path):
         registry.load_model(tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm", "neumf"])
+def test_damaged_folders_of_every_kind_name_the_file(kind: str, tmp_path: Path):
+    """Each model kind: truncated weights, a missing shape parameter, weights that do not fit,
+    a missing id file, a folder that is not there: one ModelFolderError naming the file."""
+    import shutil
+
+    from recsys_pipeline.models.persistence import ModelFolderError
+
+    small = {
+        "sasrec": {"maxlen": 8, "hidden_units": 8, "num_epochs": 1, "device": "cpu"},
+        "bert4rec": {"maxlen": 8, "hidden_units": 8, "inner_size": 16, "num_epochs": 1,
+                     "device": "cpu"},
+        "xlnet_mlm": {"maxlen": 8, "d_model": 8, "item_dim": 8, "n_layer": 1, "n_head": 2,
+                      "num_epochs": 1, "device": "cpu"},
+        "neumf": {"factors": 4, "layers": [8, 4], "n_epochs": 1, "batch_size": 256,
+                  "device": "cpu"},
+    }[kind]  # fmt: skip
+    model = registry.create_model(kind, small)
+    data = _sessions()
+    if kind == "neumf":
+        data = data.select(pl.col("SessionId").alias("UserId"), "ItemId", pl.col("Time"))
+    folder = model.fit(data, progress=False).save(tmp_path / "m")
+    shape_key = model.params.shape_fields[0]
+    cls = registry.model_class(kind)
+
+    def damaged(name: str) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        return copy
+
+    bad = damaged("truncated")
+    (bad / "weights.pt").write_bytes((folder / "weights.pt").read_bytes()[:64])
+    with pytest.raises(ModelFolderError, match=r"weights\.pt: truncated"):
+        registry.load_model(bad)
+    bad = damaged("no_shape")
+    record = json.loads((folder / "model.json").read_text())
+    record["params"].pop(shape_key)
+    (bad / "model.json").write_text(json.dumps(record))
+    with pytest.raises(ModelFolderError, match=f"missing the parameter\\(s\\) '{shape_key}'"):
+        cls.load(bad)
+    bad = damaged("other_shape")
+    record = json.loads((folder / "model.json").read_text())
+    width = {"neumf": "factors", "xlnet_mlm": "d_model"}.get(kind, "hidden_units")
+    record["params"][width] = 12
+    (bad / "model.json").write_text(json.dumps(record))
+    with pytest.raises(ModelFolderError, match=r"weights\.pt: the weights do not fit"):
+        cls.load(bad)
+    bad = damaged("no_ids")
+    (bad / "item_ids.json").unlink()
+    with pytest.raises(ModelFolderError, match=r"item_ids\.json: missing"):
+        cls.load(bad)
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        cls.load(tmp_path / "nowhere")
+    assert cls.load(folder).item_ids.tolist() == model.item_ids.tolist()
+
+
 # ------------------------------------------------- a new model: one file + one registration
 
 

@@ -589,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
 
+    from recsys_pipeline.models.persistence import ModelFolderError
+
     record: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv)}
     try:
         model = _load(args) if params is None else _train(args, params, record)
@@ -598,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.save(args.save_model)
         seed = args.seed if args.seed is not None else model.params.seed
         record["tests"] = [_evaluate(args, model, path, seed) for path in args.test or []]
-    except (DataFileError, FloatingPointError, OSError) as err:
+    except (DataFileError, FloatingPointError, OSError, ModelFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:

@@ -54,6 +54,7 @@ from recsys_pipeline.models.params import (
     format_param_string,
     parse_param_string,
 )
+from recsys_pipeline.models.persistence import ModelFolderError, read_json, require_keys
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 
 __all__ = [
@@ -96,6 +97,8 @@ class ModelParams:
     model_name: ClassVar[str] = "model"
     #: the field holding the number of training epochs (the reference's name)
     epochs_field: ClassVar[str] = "n_epochs"
+    #: fields a saved folder must hold: they decide the network (no default can stand in)
+    shape_fields: ClassVar[tuple[str, ...]] = ()
 
     @property
     def epochs(self) -> int:
@@ -252,40 +255,65 @@ def write_model_json(directory: Path, model: Recommender) -> None:
     (directory / MODEL_FILE).write_text(json.dumps(record, indent=2))
 
 
+_P = typing.TypeVar("_P", bound=ModelParams)
+
+
 def read_model_json(directory: Path) -> dict[str, Any] | None:
     """The record of ``directory/model.json``, or ``None`` when the folder has none (a folder
     written before ``model.json`` existed: format version 0).
 
     Raises:
-        ValueError: the file is not valid JSON or lacks ``kind`` / ``params`` (the message
-            names the file).
+        ModelFolderError: the file is not valid JSON or lacks ``kind`` / ``params`` (the
+            message names the file).
     """
     path = Path(directory) / MODEL_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    record = read_json(path)
     if not isinstance(record, dict) or not {"kind", "params"} <= record.keys():
-        raise ValueError(f"{path}: needs the keys 'kind' and 'params'")
+        raise ModelFolderError(f"{path}: needs the keys 'kind' and 'params'")
     return record
 
 
-def saved_params(directory: Path, kind: str) -> dict[str, Any]:
+def saved_params(directory: Path, kind: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The raw parameters of the ``kind`` model saved in ``directory``: ``model.json``'s
-    ``params``, or ``params.json`` in a folder written before ``model.json`` existed.
+    ``params``, or ``params.json`` in a folder written before ``model.json`` existed; each of
+    ``required`` must be there.
 
     Raises:
-        ValueError: ``model.json`` names another kind, or is not valid.
+        ModelFolderError: ``model.json`` names another kind, is not valid, or a required
+            parameter is missing (the message names the file).
     """
     directory = Path(directory)
     record = read_model_json(directory)
     if record is None:  # format version 0
-        return json.loads((directory / "params.json").read_text())
-    if record["kind"] != kind:
-        raise ValueError(f"{directory / MODEL_FILE}: a {record['kind']!r} model, not {kind!r}")
-    return record["params"]
+        path = directory / "params.json"
+        if not path.exists():
+            raise ModelFolderError(f"{directory}: not a saved model folder (no {MODEL_FILE})")
+        params = read_json(path)
+    else:
+        path = directory / MODEL_FILE
+        if record["kind"] != kind:
+            raise ModelFolderError(f"{path}: a {record['kind']!r} model, not {kind!r}")
+        params = record["params"]
+    require_keys(params, required, path)
+    return params
+
+
+def load_saved_params(directory: Path, kind: str, params_class: type[_P]) -> _P:
+    """The ``params_class`` object saved in ``directory`` (:func:`saved_params` with the
+    class's :attr:`ModelParams.shape_fields` required).
+
+    Raises:
+        ModelFolderError: as :func:`saved_params`, or a bad value (naming the file).
+    """
+    directory = Path(directory)
+    raw = saved_params(directory, kind, params_class.shape_fields)
+    try:
+        return params_class.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        where = directory / (MODEL_FILE if (directory / MODEL_FILE).exists() else "params.json")
+        raise ModelFolderError(f"{where}: {err}") from err
 
 
 # ------------------------------------------------------------------------- inference paths

@@ -130,6 +130,13 @@ class BERT4RecParams(ModelParams):
 
     model_name: ClassVar[str] = "BERT4Rec"
     epochs_field: ClassVar[str] = "num_epochs"
+    shape_fields: ClassVar[tuple[str, ...]] = (
+        "maxlen",
+        "hidden_units",
+        "num_blocks",
+        "num_heads",
+        "inner_size",
+    )
 
     maxlen: int = 50
     hidden_units: int = 64

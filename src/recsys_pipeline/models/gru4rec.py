@@ -82,13 +82,17 @@ from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
     RecommendResult,
-    saved_params,
+    load_saved_params,
     write_model_json,
 )
 from recsys_pipeline.models.params import convert_value, fine_tune_round
 from recsys_pipeline.models.persistence import (
+    checked_load,
     load_fine_tune_state,
+    load_tensors,
+    load_weights,
     read_ids,
+    read_json,
     save_fine_tune_state,
     write_ids,
 )
@@ -167,6 +171,12 @@ class GRU4RecParams(ModelParams):
     """
 
     model_name: ClassVar[str] = "GRU4Rec"
+    shape_fields: ClassVar[tuple[str, ...]] = (
+        "layers",
+        "loss",
+        "constrained_embedding",
+        "embedding",
+    )
 
     layers: list[int] = field(default_factory=lambda: [100])
     loss: str = "cross-entropy"
@@ -1231,27 +1241,26 @@ class GRU4Rec(Recommender):
         return directory
 
     @classmethod
+    @checked_load
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> GRU4Rec:
         """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
         without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``).
         Folders written before ``model.json`` existed (``params.json`` instead) load too."""
         directory = Path(path)
-        params = GRU4RecParams.from_dict(saved_params(directory, cls.kind))
+        params = load_saved_params(directory, cls.kind, GRU4RecParams)
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)
         model.item_ids = read_ids(directory / "item_ids.json")
         net = GRU4RecNetwork(len(model.item_ids), params)
-        state_dict = torch.load(
-            directory / "weights.pt", map_location=model.device, weights_only=True
-        )
-        net.load_state_dict(state_dict)
+        weights = directory / "weights.pt"
+        load_weights(net, load_tensors(weights, model.device), weights)
         model.net = net.to(model.device)
         history = directory / "history.json"
         if history.exists():
             model.history = [
                 EpochStats(**{k: v for k, v in s.items() if k in EpochStats.__dataclass_fields__})
-                for s in json.loads(history.read_text())
+                for s in read_json(history)
             ]
         state, model.fine_tune_rounds = load_fine_tune_state(directory, model.device)
         if state is not None:

@@ -56,13 +56,17 @@ from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
     RecommendResult,
-    saved_params,
+    load_saved_params,
     write_model_json,
 )
 from recsys_pipeline.models.params import fine_tune_round
 from recsys_pipeline.models.persistence import (
+    checked_load,
     load_fine_tune_state,
+    load_tensors,
+    load_weights,
     read_ids,
+    read_json,
     save_fine_tune_state,
     write_ids,
 )
@@ -99,6 +103,7 @@ class NeuMFParams(ModelParams):
     mix), ``device`` and ``seed`` are ours."""
 
     model_name: ClassVar[str] = "NeuMF"
+    shape_fields: ClassVar[tuple[str, ...]] = ("model", "factors", "layers")
 
     def study_tag(self) -> str:
         """The architecture (``neumf``, ``gmf`` or ``mlp``): fixed within a tuning study."""
@@ -691,26 +696,27 @@ class NeuMF(Recommender):
         return directory
 
     @classmethod
+    @checked_load
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> NeuMF:
         """Load a model written by :meth:`save` (tensors with ``weights_only=True``); a folder
         without ``optimizer.pt`` loads without optimizer state (fine-tune it with ``reset``).
         Folders written before ``model.json`` existed (``params.json`` instead) load too."""
         directory = Path(path)
-        params = NeuMFParams.from_dict(saved_params(directory, cls.kind))
+        params = load_saved_params(directory, cls.kind, NeuMFParams)
         if device is not None:
             params = dataclasses.replace(params, device=str(device))
         model = cls(params)
         model.user_ids = read_ids(directory / "user_ids.json")
         model.item_ids = read_ids(directory / "item_ids.json")
         net = NeuMFNetwork(model.n_users, model.n_items, params)
-        state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
-        net.load_state_dict(state)
+        weights = directory / "weights.pt"
+        load_weights(net, load_tensors(weights, model.device), weights)
         model.net = net.to(model.device).eval()
         with np.load(directory / "train_items.npz", allow_pickle=False) as csr:
             model.train_indptr, model.train_indices = csr["indptr"], csr["indices"]
         history = directory / "history.json"
         if history.exists():
-            model.history = json.loads(history.read_text())
+            model.history = read_json(history)
         state, model.fine_tune_rounds = load_fine_tune_state(directory, model.device)
         if state is not None:
             model._optimizer = model._new_optimizer(params.learning_rate)

@@ -137,6 +137,7 @@ class SASRecParams(ModelParams):
 
     model_name: ClassVar[str] = "SASRec"
     epochs_field: ClassVar[str] = "num_epochs"
+    shape_fields: ClassVar[tuple[str, ...]] = ("maxlen", "hidden_units", "num_blocks", "num_heads")
 
     maxlen: int = 50
     hidden_units: int = 50

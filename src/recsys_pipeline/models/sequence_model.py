@@ -44,10 +44,17 @@ from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
     RecommendResult,
-    saved_params,
+    load_saved_params,
     write_model_json,
 )
-from recsys_pipeline.models.persistence import read_ids, write_ids
+from recsys_pipeline.models.persistence import (
+    checked_load,
+    load_tensors,
+    load_weights,
+    read_ids,
+    read_json,
+    write_ids,
+)
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.loop import LoopConfig, train_epochs
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -391,10 +398,13 @@ class SequenceTransformer(Recommender):
         return directory
 
     @classmethod
+    @checked_load
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> Self:
-        """Read a folder written by :meth:`save` (``weights_only=True``: nothing unpickled)."""
+        """Read a folder written by :meth:`save` (``weights_only=True``: nothing unpickled);
+        a damaged folder is a :class:`~recsys_pipeline.models.persistence.ModelFolderError`
+        naming the file."""
         directory = Path(path)
-        params = cls.params_class.from_dict(saved_params(directory, cls.kind))
+        params = load_saved_params(directory, cls.kind, cls.params_class)
         if device is not None:
             params.device = str(device)
         model = cls(params)
@@ -404,12 +414,12 @@ class SequenceTransformer(Recommender):
             read_ids(support) if support.exists() else np.ones(len(model.item_ids), np.int64)
         )
         model.net = model._new_network(len(model.item_ids))
-        state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-        model.net.load_state_dict(state)
+        weights = directory / "weights.pt"
+        load_weights(model.net, load_tensors(weights, "cpu"), weights)
         model.net.to(model.device).eval()
         history = directory / "history.json"
         if history.exists():
-            record = json.loads(history.read_text())
+            record = read_json(history)
             fields = {f.name for f in dataclasses.fields(EpochStats)}
             model.history = [
                 EpochStats(**{k: v for k, v in r.items() if k in fields})
@@ -418,9 +428,7 @@ class SequenceTransformer(Recommender):
             model.fine_tune_rounds = record.get("fine_tune_rounds", [])
         optimizer = directory / "optimizer.pt"
         if optimizer.exists():
-            model._optimizer_state = torch.load(
-                optimizer, map_location=model.device, weights_only=True
-            )
+            model._optimizer_state = load_tensors(optimizer, model.device)
         return model
 
 

@@ -99,6 +99,7 @@ class XLNetMLMParams(ModelParams):
 
     model_name: ClassVar[str] = "XLNet-MLM"
     epochs_field: ClassVar[str] = "num_epochs"
+    shape_fields: ClassVar[tuple[str, ...]] = ("maxlen", "d_model", "item_dim", "n_layer", "n_head")
 
     maxlen: int = 20
     d_model: int = 192
