@@ -17,6 +17,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.operations.ingest import RunLock
 from recsys_pipeline.partial import partial_suffix, process_gone, writer_gone
 
@@ -184,7 +185,7 @@ class RunJournalHook:
     def _write(self) -> None:
         assert self._journal is not None
         tmp = self._journal.with_name(self._journal.name + partial_suffix())
-        tmp.write_text(json.dumps(self._record, indent=1))
+        tmp.write_text(jsonio.dumps(self._record, indent=1))
         os.replace(tmp, self._journal)
 
     def _close(self) -> None:

@@ -324,6 +324,14 @@ def test_bad_data_exits_1_with_a_clear_message(data, trained, tmp_path, capsys):
     code, _, err = run(capsys, single, "-ps", FAST)
     assert code == 1 and "no training targets" in err
 
+    unknown = tmp_path / "unknown.tsv"  # every test item unknown to the model: no targets
+    unknown.write_text("SessionId\tItemId\tTime\n1\t-5\t1\n1\t-6\t2\n")
+    code, out, err = run(capsys, trained.model, "-l", "-t", unknown)
+    assert code == 1 and "0 targets to evaluate" in err and "2 events of items" in err
+
+    code, _, err = run(capsys, data.train, "-ps", "layers=8,n_epochs=0")
+    assert code == 2 and "n_epochs=0 trains nothing" in err
+
     code, out, err = run(capsys, trained.model, "-l", "-t", data.test, tmp_path / "nope.tsv")
     assert code == 1 and "data file not found" in err
     assert out.startswith("Test set: ")  # the first test set was evaluated and printed

@@ -11,6 +11,7 @@ import torch
 
 from recsys_pipeline.evaluation import (
     TIE_MODES,
+    NoTargetsError,
     count_higher_equal,
     evaluate,
     metrics_from_ranks,
@@ -314,7 +315,11 @@ def test_single_session_and_empty_test() -> None:
         TableModel(ITEM_IDS, TABLE), sessions_frame({5: [100, 101, 102]}), progress=False
     )
     assert one["n_targets"] == 2 and one["n_sessions"] == 1
-    empty = evaluate(TableModel(ITEM_IDS, TABLE), sessions_frame({5: [100]}), progress=False)
+    with pytest.raises(NoTargetsError, match="0 targets to evaluate .* 1 events in 1 sessions"):
+        evaluate(TableModel(ITEM_IDS, TABLE), sessions_frame({5: [100]}), progress=False)
+    empty = evaluate(
+        TableModel(ITEM_IDS, TABLE), sessions_frame({5: [100]}), progress=False, min_targets=0
+    )
     assert empty["n_targets"] == 0
     assert math.isnan(empty["recall@20"])
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from recsys_pipeline.evaluation import evaluate_last_item
+from recsys_pipeline.evaluation import NoTargetsError, evaluate_last_item
 from recsys_pipeline.evaluation.last_item import draw_negatives, prepare
 from recsys_pipeline.models.base import PAD, EncoderStepAdapter, NextItemModel, SequenceEncoder
 from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams
@@ -466,7 +466,11 @@ def test_gru4rec_sampled_ranks_agree_between_paths_and_stay_below_full_ranks(gru
 
 
 def test_no_scorable_user_gives_nan_metrics_and_counts() -> None:
-    res = evaluate_last_item(SuccessorModel(6), frame({"a": [0, 99], "b": [3]}), return_ranks=True)
+    with pytest.raises(NoTargetsError, match="0 users to evaluate .* 1 have a target item"):
+        evaluate_last_item(SuccessorModel(6), frame({"a": [0, 99], "b": [3]}))
+    res = evaluate_last_item(
+        SuccessorModel(6), frame({"a": [0, 99], "b": [3]}), return_ranks=True, min_targets=0
+    )
     assert res["n_targets"] == 0 and res["n_users"] == 2
     assert res["n_unknown_targets"] == 1 and res["n_no_input"] == 1
     assert np.isnan(res["recall@10"]) and len(res.ranks) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -44,6 +45,15 @@ def test_default_run_trains_evaluates_reports_and_recommends(project: Path):
         "optimizer.pt",
         "weights.pt",
     ]
+
+    # every JSON file the run wrote is valid JSON for a strict parser (no NaN / Infinity)
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    written = sorted((project / "data").rglob("*.json"))
+    assert len(written) > 10
+    for path in written:
+        json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys_pipeline import jsonio
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -339,6 +341,8 @@ def _build_params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             overrides["device"] = args.device
         if args.sample_store_size is not None:
             overrides["sample_store_size"] = args.sample_store_size
+        if params.n_epochs < 1:
+            raise ValueError(f"n_epochs={params.n_epochs} trains nothing (at least 1)")
         return dataclasses.replace(params, **overrides) if overrides else params
     except ValueError as err:
         option = "-ps/--parameter_string" if args.parameter_string is not None else "-pf"
@@ -589,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
 
+    from recsys_pipeline.evaluation import NoTargetsError
     from recsys_pipeline.models.persistence import ModelFolderError
 
     record: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv)}
@@ -600,13 +605,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.save(args.save_model)
         seed = args.seed if args.seed is not None else model.params.seed
         record["tests"] = [_evaluate(args, model, path, seed) for path in args.test or []]
-    except (DataFileError, FloatingPointError, OSError, ModelFolderError) as err:
+    except (DataFileError, FloatingPointError, OSError, ModelFolderError, NoTargetsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, default=str))
+        out.write_text(jsonio.dumps(record, indent=2, default=str))
         logger.info("Wrote %s", out)
     return 0
 

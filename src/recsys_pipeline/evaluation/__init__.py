@@ -8,6 +8,7 @@ mode of ``TIE_MODES``; ``metrics_from_ranks`` turns ranks into Recall@k, MRR@k a
 from recsys_pipeline.evaluation.evaluate import (
     EvalStreams,
     EvaluationResult,
+    NoTargetsError,
     evaluate,
     prepare_streams,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "full_ranking",
     "sampled_ranking",
     "EvaluationResult",
+    "NoTargetsError",
     "MetricAccumulator",
     "count_higher_equal",
     "evaluate",

@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EvalStreams",
     "EvaluationResult",
+    "NoTargetsError",
     "evaluate",
     "item_index_map",
     "prepare_streams",
@@ -255,6 +256,10 @@ def _position_in_run(run_id: np.ndarray) -> np.ndarray:
     return np.arange(n, dtype=np.int64) - run_start
 
 
+class NoTargetsError(ValueError):
+    """An evaluation with fewer targets than its minimum (no metric of nothing is reported)."""
+
+
 def evaluate(
     model: NextItemModel,
     test: pl.DataFrame,
@@ -272,6 +277,7 @@ def evaluate(
     return_ranks: bool = False,
     exclude_seen: bool = False,
     path: str = "auto",
+    min_targets: int = 1,
 ) -> EvaluationResult:
     """Full-ranking next-item evaluation of ``model`` on ``test`` (protocol: module docstring).
 
@@ -297,6 +303,8 @@ def evaluate(
             ``"batched"`` (whole sequences through ``model.encode``, see
             :mod:`~recsys_pipeline.evaluation.batched`) or ``"auto"`` (the step path when the
             model has one, else batched). Both give the same targets and ranks.
+        min_targets: fewer targets is a :class:`NoTargetsError` (metrics of nothing are not
+            reported); 0 allows an empty evaluation (every metric ``nan``).
 
     Returns:
         :class:`EvaluationResult`: ``{"recall@k", "mrr@k", "ndcg@k"}`` for every cut-off plus
@@ -321,6 +329,14 @@ def evaluate(
         model.item_ids, test, warmup, user_column, session_key, item_key, time_key
     )
     n_targets = streams.n_targets
+    if n_targets < min_targets:
+        raise NoTargetsError(
+            f"{n_targets} targets to evaluate (at least {min_targets} needed): the test data "
+            f"has {test.height} events in {test.get_column(session_key).n_unique()} sessions; "
+            f"{streams.n_dropped_events} events of items the model does not know "
+            f"({int(model.n_items)} items) were dropped, and a target is a known event after "
+            "another known event of its session"
+        )
     n_items = int(model.n_items)
     device = model.device
     chunk = n_items if item_chunk is None else min(int(item_chunk), n_items)

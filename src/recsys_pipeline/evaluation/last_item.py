@@ -89,7 +89,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from recsys_pipeline.evaluation.evaluate import EvaluationResult, item_index_map
+from recsys_pipeline.evaluation.evaluate import EvaluationResult, NoTargetsError, item_index_map
 from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
 from recsys_pipeline.evaluation.ranking import batch_ranks, score_checked, seen_before
 from recsys_pipeline.evaluation.user_ranking import candidate_ranks, sampled_metric_names
@@ -422,6 +422,7 @@ def evaluate_last_item(
     progress: bool = False,
     return_ranks: bool = False,
     unknown_targets: Literal["skip", "miss"] = "skip",
+    min_targets: int = 1,
 ) -> LastItemResult:
     """Last-item evaluation of ``model`` on ``sequences`` (protocol: module docstring).
 
@@ -455,6 +456,8 @@ def evaluate_last_item(
             every cut-off, as in reference implementations that give every item id an
             embedding: the metrics are over ``n_targets`` = scored + missed users;
             ``n_missed``).
+        min_targets: fewer targets is a :class:`~recsys_pipeline.evaluation.evaluate.
+            NoTargetsError`; 0 allows an empty evaluation (every metric ``nan``).
 
     Returns:
         :class:`LastItemResult`; ``label()`` names the protocol.
@@ -496,6 +499,14 @@ def evaluate_last_item(
         time_key=time_key,
         unknown_targets=unknown_targets,
     )
+    if prepared.n_rows + prepared.n_missed < min_targets:
+        raise NoTargetsError(
+            f"{prepared.n_rows + prepared.n_missed} users to evaluate (at least {min_targets} "
+            f"needed): of {prepared.n_users} users with a target, "
+            f"{prepared.n_unknown_targets} have a target item the model does not know "
+            f"({int(model.n_items)} items) and {prepared.n_no_input} no known input item "
+            "(unknown_targets='miss' scores them as misses)"
+        )
     n_items = int(model.n_items)
     device = model.device
     data, n_rows = prepared.data, prepared.n_rows

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from kedro_datasets.json import JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.polars import EagerPolarsDataset
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.datasets import get_format
 from recsys_pipeline.partial import partial_suffix
 
@@ -156,9 +156,9 @@ class AtomicJSONDataset(JSONDataset):
             self._fs,
             path,
             lambda h: (
-                h.write(json.dumps(data, **self._save_args).encode("utf-8"))
+                h.write(jsonio.dumps(data, **self._save_args).encode("utf-8"))
                 if "b" in args["mode"]
-                else json.dump(data, h, **self._save_args)
+                else jsonio.dump(data, h, **self._save_args)
             ),
             args,
         )

@@ -36,7 +36,6 @@ reads ``model.json`` and dispatches on ``kind``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.models.params import (
     checked_hints,
     convert_value,
@@ -252,7 +252,7 @@ def write_model_json(directory: Path, model: Recommender) -> None:
         "format_version": FORMAT_VERSION,
         "params": model.params.to_dict(),
     }
-    (directory / MODEL_FILE).write_text(json.dumps(record, indent=2))
+    (directory / MODEL_FILE).write_text(jsonio.dumps(record, indent=2))
 
 
 _P = typing.TypeVar("_P", bound=ModelParams)

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
@@ -1233,7 +1234,7 @@ class GRU4Rec(Recommender):
         write_model_json(directory, self)
         write_ids(directory / "item_ids.json", self.item_ids)
         (directory / "history.json").write_text(
-            json.dumps([s.to_dict() for s in self.history], indent=2)
+            jsonio.dumps([s.to_dict() for s in self.history], indent=2)
         )
         keep = optimizer and self._optimizer is not None
         state = self.optimizer_state_dict() if keep else None

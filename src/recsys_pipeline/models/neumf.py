@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import typing
@@ -51,6 +50,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.evaluation.user_ranking import sampled_ranking
 from recsys_pipeline.models.base import (
     ModelParams,
@@ -686,7 +686,7 @@ class NeuMF(Recommender):
         write_model_json(directory, self)
         write_ids(directory / "user_ids.json", self.user_ids)
         write_ids(directory / "item_ids.json", self.item_ids)
-        (directory / "history.json").write_text(json.dumps(self.history, indent=2))
+        (directory / "history.json").write_text(jsonio.dumps(self.history, indent=2))
         np.savez(
             directory / "train_items.npz", indptr=self.train_indptr, indices=self.train_indices
         )

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_pipeline import jsonio
+
 _T = TypeVar("_T")
 
 
@@ -119,7 +121,7 @@ def write_ids(path: Path, ids: np.ndarray) -> None:
     """Write the raw ids ``ids [n]`` to the JSON file ``path``."""
     dtype = ids.dtype.str if ids.dtype.kind in "iub" else "str"
     values = ids.tolist() if dtype != "str" else [str(x) for x in ids.tolist()]
-    path.write_text(json.dumps({"dtype": dtype, "ids": values}))
+    path.write_text(jsonio.dumps({"dtype": dtype, "ids": values}))
 
 
 def read_ids(path: Path) -> np.ndarray:
@@ -142,7 +144,7 @@ def save_fine_tune_state(
     if optimizer_state is not None:
         torch.save(optimizer_state, directory / "optimizer.pt")
     if rounds:
-        (directory / "fine_tune.json").write_text(json.dumps(rounds, indent=2))
+        (directory / "fine_tune.json").write_text(jsonio.dumps(rounds, indent=2))
 
 
 def load_fine_tune_state(

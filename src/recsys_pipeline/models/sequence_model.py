@@ -40,6 +40,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from recsys_pipeline import jsonio
 from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
@@ -391,7 +392,7 @@ class SequenceTransformer(Recommender):
         write_ids(directory / "support.json", np.asarray(self.support, dtype=np.int64))
         records = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in self.history]
         (directory / "history.json").write_text(
-            json.dumps({"epochs": records, "fine_tune_rounds": self.fine_tune_rounds})
+            jsonio.dumps({"epochs": records, "fine_tune_rounds": self.fine_tune_rounds})
         )
         if optimizer and self._optimizer_state is not None:
             torch.save(_cpu(self._optimizer_state), directory / "optimizer.pt")

@@ -49,6 +49,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from recsys_pipeline import jsonio
+from recsys_pipeline.partial import partial_suffix
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -208,10 +211,10 @@ def read_manifest(manifest_path: str | Path) -> list[ManifestEntry]:
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to a temporary sibling, fsync it, then rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{partial_suffix()}")
     try:
         with tmp.open("w") as handle:
-            json.dump(data, handle, indent=2)
+            jsonio.dump(data, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
