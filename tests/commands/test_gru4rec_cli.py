@@ -332,9 +332,13 @@ def test_bad_data_exits_1_with_a_clear_message(data, trained, tmp_path, capsys):
     code, _, err = run(capsys, data.train, "-ps", "layers=8,n_epochs=0")
     assert code == 2 and "n_epochs=0 trains nothing" in err
 
-    code, out, err = run(capsys, trained.model, "-l", "-t", data.test, tmp_path / "nope.tsv")
-    assert code == 1 and "data file not found" in err
-    assert out.startswith("Test set: ")  # the first test set was evaluated and printed
+    # a missing test file is found before any training or evaluation
+    code, out, err = run(capsys, data.train, "-ps", FAST, "-t", data.test, tmp_path / "nope.tsv")
+    assert code == 2 and out == "" and f"-t/--test: {tmp_path / 'nope.tsv'} not found" in err
+    code, _, err = run(capsys, data.train, "-ps", FAST, "-t", tmp_path)
+    assert code == 2 and "is a folder, not a data file" in err
+    code, _, err = run(capsys, tmp_path, "-ps", FAST)
+    assert code == 1 and f"{tmp_path} is a folder, not a data file" in err
 
 
 def test_a_damaged_model_folder_is_one_line_naming_the_file(trained, data, tmp_path, capsys):

@@ -66,9 +66,10 @@ def test_k_capped_and_errors(model) -> None:
     with pytest.raises(TypeError):
         recommend(model, [[10], 20])
     with pytest.raises(ValueError, match="session 0"):
-        recommend(model, [])  # one empty session
-    empty = recommend(model, np.zeros((0, 3), dtype=np.int64), k=2)  # no session
-    assert empty.items.shape == (0, 2)
+        recommend(model, [[]])  # one empty session
+    for none in ([], np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)):
+        empty = recommend(model, none, k=2)  # no session at all: an empty result
+        assert empty.items.shape == (0, 2) and empty.scores.shape == (0, 2)
 
 
 def test_chunked_equals_unchunked(model) -> None:

@@ -238,6 +238,10 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("-ss/--sample_store_size must be positive")
     if args.json and not args.test:
         parser.error("--json needs at least one test set (-t)")
+    for test in args.test or []:  # before hours of training, not after
+        if not Path(test).is_file():
+            what = "is a folder, not a data file" if Path(test).is_dir() else "not found"
+            parser.error(f"-t/--test: {test} {what}")
     if args.load_model and not (args.test or args.save_model):
         logger.warning("-l without -t or -s: the model is loaded and nothing else is done")
 
@@ -408,6 +412,8 @@ def read_event_file(
             f"{path}: pickled DataFrames are not read (unpickling runs arbitrary code); convert "
             "it once, e.g. joblib.load(path).to_parquet('data.parquet'), and pass the parquet file"
         )
+    if path.is_dir():
+        raise DataFileError(f"{path} is a folder, not a data file")
     if not path.is_file():
         raise DataFileError(f"data file not found: {path}")
     keys = {"session": session_key, "item": item_key, "time": time_key}

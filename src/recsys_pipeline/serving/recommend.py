@@ -66,7 +66,9 @@ def _as_sessions(session_items: Any) -> tuple[list[Sequence[Any]], bool]:
             f"session_items must be a sequence of raw ids or of sessions, got {type(session_items)}"
         )
     items = list(session_items)
-    if items and all(_is_sequence(s) for s in items):
+    if not items:  # no session at all: an empty result, [0, k]
+        return [], False
+    if all(_is_sequence(s) for s in items):
         return [list(s) for s in items], False
     if any(_is_sequence(s) for s in items):
         raise TypeError("session_items mixes raw ids and sessions")
@@ -215,7 +217,8 @@ def recommend(
         model: any :class:`~recsys_pipeline.models.base.NextItemModel`, or an encoder without a
             step path (:class:`~recsys_pipeline.models.base.SequenceEncoder`), queried in one
             forward pass per batch (module docstring).
-        session_items: raw item ids of one session (``[L]``) or of many sessions (``[S][L_s]``).
+        session_items: raw item ids of one session (``[L]``) or of many sessions (``[S][L_s]``);
+            an empty sequence is no session (an empty ``[0, k]`` result).
         k: number of recommendations (capped at ``model.n_items``).
         exclude_seen: remove the session's own items from its recommendations.
         batch_size: sessions stepped in parallel.
