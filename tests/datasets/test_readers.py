@@ -214,3 +214,32 @@ def test_run_protocol_on_empty_result_says_so(tmp_path):
                 n_test_days=7,
             ),
         )
+
+
+RR_HEADER = "timestamp,visitorid,event,itemid,transactionid\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('1442545000000,1,view,5,\n1442545100000,1,view,6,"x\n1442545200000,2,view,6,\n',
+         r"events\.csv line 3 has an unbalanced quote"),
+        ("1442545000000,1,view,-5,\n", r"column 'itemid' has negative values .* line 2: '-5'"),
+        ("1442545000000,-1,view,5,\n", r"column 'visitorid' has negative values"),
+        ("-1442545000000,1,view,5,\n", r"column 'timestamp' has negative values"),
+    ],
+    ids=["stray-quote", "negative-item", "negative-visitor", "negative-time"],
+)  # fmt: skip
+def test_bad_rows_name_file_column_and_line(tmp_path, body, message):
+    write(tmp_path / "events.csv", RR_HEADER + body)
+    with pytest.raises(RawDataError, match=message) as err:
+        read_events("retailrocket", tmp_path)
+    assert str(tmp_path / "events.csv") in str(err.value)
+
+
+def test_a_utf8_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "events.csv").write_bytes(
+        b"\xef\xbb\xbf" + (RR_HEADER + "1442545000000,1,view,5,\n").encode()
+    )
+    events = read_events("retailrocket", tmp_path)
+    assert events["ItemId"].to_list() == [5] and events["Time"].to_list() == [1442545000000]

@@ -56,8 +56,9 @@ def read_events(
     ``kept_only`` drops the other event types (for protocols that never look at them): while
     reading where the format allows it, which keeps memory low, else after ranking ids over all
     rows (Rees46, Coveo rank ids in order of first appearance over every event type). Raises :class:`RawDataError` naming the file, column
-    and first offending lines for missing files, wrong columns, empty files, unparsable or
-    missing values, broken gzip files and non-UTF-8 bytes.
+    and first offending lines for missing files, wrong columns, empty files, unparsable,
+    missing or negative values, an unbalanced quote, broken gzip files and non-UTF-8 bytes (a
+    UTF-8 byte-order mark is accepted).
     """
     reader = get_format(fmt, **options)
     paths = reader.locate(directory, files)
@@ -72,12 +73,17 @@ def read_events(
         except pl.exceptions.PolarsError as exc:
             if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
                 reader.explain_encoding(plain, paths)
+            if "malformed" in str(exc).lower() or '"' in str(exc):
+                reader.explain_quotes(plain, paths)
             raise RawDataError(f"{fmt}: could not read {[str(p) for p in paths]}: {exc}") from exc
         if typed.height == 0:
             raise RawDataError(f"{fmt}: no data rows in {[str(p) for p in paths]}")
         required = [c.name for c in reader.columns if not c.nullable and c.kind != "event"]
         if any(typed.get_column(c).null_count() for c in required):
             reader.explain_nulls(plain, paths)
+        for column in reader.columns:
+            if column.kind in ("int", "time") and (typed.get_column(column.name) < 0).any():
+                reader.explain_negative(plain, paths, column.name)
     logger.info("%s: read %d raw events from %s", fmt, typed.height, [p.name for p in paths])
     events = reader.standardize(typed).lazy()
     if kept_only:

@@ -121,7 +121,7 @@ class RawFormat:
         if not first.strip():
             raise RawDataError(f"{self.name}: raw file is empty: {shown}")
         try:
-            line = first.decode("utf-8").rstrip("\r\n")
+            line = first.decode("utf-8").rstrip("\r\n").removeprefix("\ufeff")  # a UTF-8 BOM
         except UnicodeDecodeError as exc:
             raise RawDataError(f"{self.name}: {shown} line 1 is not UTF-8: {first[:80]!r}") from exc
         if not self.has_header:
@@ -221,6 +221,41 @@ class RawFormat:
                         f"{self.name}: {shown_path} column '{column.name}' has {what} values "
                         f"(expected {column.kind}); first offending rows: {examples}"
                     )
+
+    def explain_negative(self, paths: list[Path], shown: list[Path], name: str) -> None:
+        """Raise a :class:`RawDataError` naming the file, column ``name`` and the first lines
+        with a negative value (ids and timestamps of the published data are never negative)."""
+        column = next(c for c in self.columns if c.name == name)
+        for path, shown_path in zip(paths, shown, strict=True):
+            raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
+            bad = (
+                raw.filter(self.cast(column) < 0)
+                .select("line", pl.col(name).alias("value"))
+                .head(MAX_EXAMPLES)
+                .collect()
+            )
+            if bad.height:
+                examples = "; ".join(
+                    f"line {r['line']}: {r['value']!r}" for r in bad.iter_rows(named=True)
+                )
+                raise RawDataError(
+                    f"{self.name}: {shown_path} column '{name}' has negative values (ids and "
+                    f"times of this format are >= 0); first offending rows: {examples}"
+                )
+
+    def explain_quotes(self, paths: list[Path], shown: list[Path]) -> None:
+        """Raise a :class:`RawDataError` naming the first line with an unbalanced ``"`` (a
+        quoted field that never ends swallows the lines after it)."""
+        for path, shown_path in zip(paths, shown, strict=True):
+            with open(path, "rb") as fh:
+                for number, line in enumerate(fh, start=1):
+                    if line.count(b'"') % 2:
+                        text = line[:120].decode("utf-8", "replace").rstrip("\r\n")
+                        raise RawDataError(
+                            f"{self.name}: {shown_path} line {number} has an unbalanced quote "
+                            f'(") that never closes: {text!r}; remove it or close the quoted '
+                            "field"
+                        )
 
     def explain_encoding(self, paths: list[Path], shown: list[Path]) -> None:
         """Raise a :class:`RawDataError` naming the first line that is not valid UTF-8."""
