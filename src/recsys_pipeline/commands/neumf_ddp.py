@@ -1,8 +1,18 @@
-"""Data-parallel NeuMF training with ``torch.distributed`` (start it with ``torchrun``)::
+"""Data-parallel NeuMF training with ``torch.distributed``.
 
-    torchrun --nproc_per_node=2 -m recsys_pipeline.commands.neumf_ddp \\
+One machine (every socket on the loopback interface)::
+
+    recsys-neumf-ddp --nproc-per-node 2 \\
         --train train.parquet --valid valid.parquet --valid-negatives valid_negatives.parquet \\
         --out model_dir --params "factors=64,layers=256/256/128/64,batch_size=1048576"
+
+starts the processes with ``torch.multiprocessing.spawn``; the rendezvous store (a
+``torch.distributed.TCPStore`` in this process, on a socket bound to 127.0.0.1) and gloo's /
+NCCL's sockets (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` = the loopback interface
+unless set) listen on loopback only. Several machines: start it on each with ``torchrun``
+(``--nnodes``, ``--rdzv-backend=c10d --rdzv-endpoint=<host>:<port>``): then torch's elastic
+agent runs the store, and it listens on every interface (torch's TCPStore has no bind address;
+keep such ports behind a firewall).
 
 Every rank reads the same parquet files (so all ranks build the same user/item vocabulary), joins
 the process group (``gloo`` on the CPU, ``nccl`` on CUDA; ``--backend`` overrides), takes the
@@ -16,13 +26,17 @@ it trains in one process.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
 
@@ -42,14 +56,60 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", default="auto", help="auto (gloo on CPU, nccl on CUDA), gloo, nccl"
     )
     ap.add_argument("--rank-dump", help="every rank writes its state_dict to DIR/rank<r>.pt")
+    ap.add_argument(
+        "--nproc-per-node", type=int, default=1,
+        help="processes on this machine (started here, sockets on loopback only); ignored "
+        "under torchrun",
+    )  # fmt: skip
     return ap
+
+
+def _loopback_interface() -> str | None:
+    """The name of the loopback network interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), None)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        _spawn(args)
+        return
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    _train(args, rank, local_rank, world, None)
+
+
+def _spawn(args: argparse.Namespace) -> None:
+    """One machine, ``args.nproc_per_node`` processes; the store listens on 127.0.0.1 only."""
+    n = args.nproc_per_node
+    loopback = _loopback_interface()
+    if loopback is not None:  # gloo / NCCL bind their sockets to this interface
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        store = dist.TCPStore(  # noqa: F841 - serves the ranks while they run
+            "127.0.0.1", port, n, is_master=True, wait_for_workers=False,
+            master_listen_fd=listener.fileno(),
+        )  # fmt: skip
+        mp.spawn(_spawned, args=(args, port, n), nprocs=n, join=True)
+
+
+def _spawned(local_rank: int, args: argparse.Namespace, port: int, n: int) -> None:
+    store = dist.TCPStore(
+        "127.0.0.1", port, n, is_master=False, timeout=datetime.timedelta(minutes=10)
+    )
+    _train(args, local_rank, local_rank, n, store)
+
+
+def _train(args: argparse.Namespace, rank: int, local_rank: int, world: int, store: Any) -> None:
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"[rank {rank}] %(asctime)s %(name)s %(levelname)s %(message)s",
@@ -64,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     if world > 1:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
-        dist.init_process_group(backend=backend)
+        if store is None:  # torchrun: its environment names the store
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     try:
         train = pl.read_parquet(args.train)
         valid = pl.read_parquet(args.valid) if args.valid else None
