@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recsys_pipeline.pipeline_registry import register_pipelines
+from tests.listeners import assert_loopback_only
 
 
 @pytest.mark.slow
@@ -86,6 +87,7 @@ def test_viz_serves_the_graph_on_loopback(project: Path):
                 time.sleep(1)
         assert body is not None, "kedro viz did not answer within 90 s"
         assert "preprocess_rees46" in {p["id"] for p in body["pipelines"]}
+        assert_loopback_only(server.pid)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from recsys_pipeline.models.gru4rec import GRU4Rec, GRU4RecParams  # noqa: E402
 from recsys_pipeline.serving.pyfunc import RecommenderPyfunc, log_pyfunc_model  # noqa: E402
 from recsys_pipeline.serving.recommend import recommend  # noqa: E402
+from tests.listeners import assert_loopback_only  # noqa: E402
 from tests.models.behaviour import successor_sessions  # noqa: E402
 
 N_ITEMS = 30
@@ -207,6 +208,7 @@ def _serve(model_uri: str, tracking: str, log: Path) -> Iterator[str]:
                 _wait_ready(base, process)
             except (RuntimeError, TimeoutError) as err:
                 raise RuntimeError(f"{err}\n{log.read_text()[-3000:]}") from err
+            assert_loopback_only(process.pid)
             yield base
         finally:
             if process.poll() is None:

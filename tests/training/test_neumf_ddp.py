@@ -61,6 +61,7 @@ def test_one_machine_job_listens_on_loopback_only(tmp_path) -> None:
     """``--nproc-per-node 2`` (the README's command): two gloo ranks train, and every TCP
     listener of the job (the parent's store, the ranks' gloo sockets) is on 127.0.0.1."""
     import psutil  # the dev extra
+
     files = _tiny_data(tmp_path)
     out, dump = tmp_path / "model", tmp_path / "ranks"
     params = "factors=4,layers=8/4,batch_size=64,n_epochs=4,learning_rate=0.01,device=cpu"
