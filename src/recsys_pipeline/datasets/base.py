@@ -73,6 +73,12 @@ class RawFormat:
         for name in files or self.files:
             candidates = [directory / name, directory / f"{name}.gz"]
             path = next((p for p in candidates if p.is_file()), None)
+            folder = next((p for p in candidates if p.is_dir()), None)
+            if path is None and folder is not None:
+                raise RawDataError(
+                    f"{self.name}: {folder} is a folder, not the raw file {name}; put the file "
+                    f"itself there (published at {self.published_at})"
+                )
             if path is None:
                 raise RawDataError(
                     f"{self.name}: raw file not found: {candidates[0]} (or {candidates[1].name}). "
