@@ -111,6 +111,12 @@ def test_raw_dir_override_and_failed_runs_write_nothing(project: Path, monkeypat
         run(project, "preprocess_sequences", namespaces=["video"], session=override)
     assert versions(project) == before and files(project) == written
 
+    (raw / "Video.txt").write_text("1 5\n1 6\n2 7\n2 8\n")  # nobody has 3 events: no test
+    with pytest.raises(ValueError, match=r"'loo_valid' has 0 users; 'loo_test' has 0 users .* "
+                       r"of 2 users 0 have the 3 events"):  # fmt: skip
+        run(project, "preprocess_sequences", namespaces=["video"], session=override)
+    assert versions(project) == before and files(project) == written
+
 
 def test_missing_raw_file_names_the_default_folder(project: Path):
     with pytest.raises(RawDataError, match=r"data/01_raw/beauty/beauty\.txt"):

@@ -72,6 +72,21 @@ def split(
     """Leave-one-out: train, valid (second-to-last event), test (last event) per user."""
     del raw_report  # ordering only: split runs on checked input
     loo = S.leave_one_out(sequences, _min_items(params))
+    minimum = max(1, int(params.get("min_split_users", 1)))
+    small = [
+        f"'{name}' has {frame.height} users"
+        for name, frame in (("loo_valid", loo.valid), ("loo_test", loo.test))
+        if frame.height < minimum
+    ]
+    if small:
+        lengths = sequences.group_by("UserId").len().get_column("len")
+        raise ValueError(
+            f"{_label(params)}: " + "; ".join(small) + f" (at least {minimum} needed, "
+            f"min_split_users): of {lengths.len()} users "
+            f"{int((lengths >= _min_items(params)).sum())} have the {_min_items(params)} events "
+            f"that held-out items need (the longest has {lengths.max() or 0}). Lower min_items "
+            "or add data."
+        )
     return loo.train, loo.valid, loo.test
 
 
