@@ -70,7 +70,7 @@ class EpochStats:
         """The reference's one-line epoch report (plus ``metric_name: value`` when measured)."""
         line = (
             f"epoch {self.epoch} --> loss: {self.loss:.6f} ({self.seconds:.2f}s) "
-            f"[{self.batches_per_s:.2f} mb/s | {self.targets_per_s:.0f} targets/s]"
+            f"[{self.batches_per_s:.2f} batches/s | {self.targets_per_s:.0f} targets/s]"
         )
         if self.valid_metric is not None:
             line += f" {metric_name}: {self.valid_metric:.6f}"
@@ -112,7 +112,7 @@ def run_epoch(
     n_batches = n_targets = 0
     checked_batches = 0  # mini-batches already checked (and shown)
     bar = tqdm(
-        total=total, desc=f"{desc} epoch {epoch}", unit="mb", disable=not progress, leave=False
+        total=total, desc=f"{desc} epoch {epoch}", unit="batch", disable=not progress, leave=False
     )
     t0 = time.perf_counter()
 
