@@ -110,6 +110,16 @@ def _damage(case: str) -> Callable[[str, Path], str | None]:
             lines[first_data + 1] = lines[first_data + 1] + b'"'
             path.write_bytes(b"\n".join(lines) + b"\n")
             return rf"line {first_data + 2} has an unbalanced quote"
+        if case in ("extra_fields", "fewer_fields"):
+            lines = _lines(path)
+            sep = reader.separator.encode()
+            row = lines[first_data + 1]
+            lines[first_data + 1] = (
+                row + sep + b"x" if case == "extra_fields" else row.rsplit(sep, 1)[0]
+            )
+            path.write_bytes(b"\n".join(lines) + b"\n")
+            what = "more" if case == "extra_fields" else "fewer"
+            return rf"has lines with {what} fields than the \d+ of its .*line {first_data + 2}"
         if case == "truncated_gzip":
             data = path.read_bytes()
             gz = path.with_name(path.name + ".gz")
@@ -147,7 +157,8 @@ def _damage(case: str) -> Callable[[str, Path], str | None]:
 
 CASES = ["missing", "empty", "header_only", "wrong_columns", "delimiter", "unparsable_time",
          "missing_id", "nan_id", "negative_id", "huge_id", "non_utf8", "stray_quote",
-         "truncated_gzip", "directory", "gzip", "bom", "crlf", "duplicates", "shuffled"]  # fmt: skip
+         "extra_fields", "fewer_fields", "truncated_gzip", "directory", "gzip", "bom", "crlf",
+         "duplicates", "shuffled"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,7 @@ def read_events(
     with reader.plain_files(paths) as plain:
         for path, shown in zip(plain, paths, strict=True):
             reader.header(path, shown_as=shown)
+        reader.check_field_counts(plain, paths)
         lazy = reader.typed(plain)
         if kept_only and not reader.needs_all_rows:
             lazy = lazy.filter(pl.col("kept"))

@@ -249,6 +249,48 @@ class RawFormat:
                     f"times of this format are >= 0); first offending rows: {examples}"
                 )
 
+    def check_field_counts(self, paths: list[Path], shown: list[Path]) -> None:
+        """Raise a :class:`RawDataError` naming the file and the first lines whose number of
+        fields differs from the header's (or, without a header, the first line's): the
+        published files have the same number on every line. One streaming pass over the
+        lines; a line with more separators than fields is checked again by a strict parse
+        of the whole file (a quoted field may hold the separator)."""
+        sep = self.separator
+        for path, shown_path in zip(paths, shown, strict=True):
+            expected = len(self.header(path, shown_as=shown_path))
+            lines = pl.scan_csv(
+                path, has_header=False, separator="\x1f", quote_char=None,
+                new_columns=["text"], infer_schema=False, encoding="utf8-lossy",
+            ).with_row_index("line", offset=1)  # fmt: skip
+            if self.has_header:
+                lines = lines.filter(pl.col("line") > 1)
+            counts = lines.filter(pl.col("text").str.strip_chars("\r").str.len_bytes() > 0).select(
+                "line", "text", (pl.col("text").str.count_matches(sep, literal=True) + 1).alias("n")
+            )
+            fewer = counts.filter(pl.col("n") < expected).head(MAX_EXAMPLES).collect()
+            more = counts.filter(pl.col("n") > expected).head(MAX_EXAMPLES).collect()
+            if more.height:
+                try:  # strict: polars refuses more fields than the header has
+                    pl.scan_csv(
+                        path, separator=sep, has_header=self.has_header, infer_schema=False,
+                        quote_char='"', new_columns=None if self.has_header else
+                        [f"column_{i + 1}" for i in range(expected)],
+                    ).collect(engine="streaming")  # fmt: skip
+                    more = more.clear()  # quoted separators, not extra fields
+                except pl.exceptions.PolarsError:
+                    pass
+            for bad, what in ((fewer, "fewer"), (more, "more")):
+                if bad.height:
+                    examples = "; ".join(
+                        f"line {r['line']}: {r['n']} fields {r['text'][:80]!r}"
+                        for r in bad.iter_rows(named=True)
+                    )
+                    raise RawDataError(
+                        f"{self.name}: {shown_path} has lines with {what} fields than the "
+                        f"{expected} of its {'header' if self.has_header else 'first line'}; "
+                        f"first offending rows: {examples}"
+                    )
+
     def explain_quotes(self, paths: list[Path], shown: list[Path]) -> None:
         """Raise a :class:`RawDataError` naming the first line with an unbalanced ``"`` (a
         quoted field that never ends swallows the lines after it)."""
