@@ -347,9 +347,12 @@ def replay(
                 res = evaluate_last_item(
                     m, test, exclude_history=False, cutoffs=cutoffs, mode=eval_mode,
                     user_key="SessionId", unknown_targets="miss", progress=progress,
+                    min_targets=0,  # a day without targets is a row with n_targets 0
                 )  # fmt: skip
             else:
-                res = evaluate(m, test, cutoffs=cutoffs, mode=eval_mode, progress=progress)
+                res = evaluate(
+                    m, test, cutoffs=cutoffs, mode=eval_mode, progress=progress, min_targets=0
+                )
             row[f"{name}/n_targets"] = int(res["n_targets"])
             for metric in metrics:
                 row[f"{name}/{metric}"] = float(res[metric])

@@ -95,6 +95,7 @@ def _evaluate_one(model: Any, test: pl.DataFrame, settings: dict[str, Any]) -> d
         batch_size=settings["batch_size"],
         item_chunk=settings.get("item_chunk"),
         progress=settings.get("progress", True),
+        min_targets=int(settings.get("min_targets", 1)),
     )
     return {k: float(v) for k, v in dict(result).items()}
 

@@ -83,6 +83,7 @@ def _evaluate(
         "item_chunk": settings.get("item_chunk"),
         "seed": settings.get("seed", 0),
         "user_key": "SessionId",
+        "min_targets": int(settings.get("min_targets", 1)),
     }
     if protocol == "full":
         result = evaluate_last_item(model, inputs, exclude_history=True, **common)
