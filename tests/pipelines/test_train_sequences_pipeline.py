@@ -73,10 +73,19 @@ def test_early_stopping_uses_the_validation_items(prepared: Path):
     assert pl.Series([h["valid_metric"] for h in history]).is_between(0, 1).all()
 
 
-def test_tune_sasrec_on_a_sequence_dataset(prepared: Path):
-    """``tune.model=sasrec`` on leave-one-out splits: trials scored with the last-item protocol
-    on the validation items (every epoch, history excluded), the best configuration retrained
-    and evaluated on the test items under every protocol, next to the baselines."""
+SMALL_FIXED = {
+    "sasrec": {"maxlen": 10, "hidden_units": 16},
+    "bert4rec": {"maxlen": 10, "hidden_units": 16, "inner_size": 32},
+    "xlnet_mlm": {"maxlen": 10, "d_model": 16, "item_dim": 16, "n_head": 2},
+}
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm"])
+def test_tune_a_sequence_model_on_a_sequence_dataset(prepared: Path, kind: str):
+    """``tune.model=<kind>`` with its search space on leave-one-out splits: trials scored with
+    the last-item protocol on the validation items (every epoch, history excluded), the best
+    configuration retrained and evaluated on the test items under every protocol, next to the
+    baselines."""
     from kedro.framework.session import KedroSession
 
     from recsys_pipeline.pipelines.preprocess_sequences.pipeline import SPLITS
@@ -84,28 +93,28 @@ def test_tune_sasrec_on_a_sequence_dataset(prepared: Path):
     train, valid, test = SPLITS
     tune = {
         "dataset": "synthetic_seq",
-        "model": "sasrec",
-        "space": str(Path(__file__).resolve().parents[2] / "conf/base/paramspaces/sasrec.json"),
+        "model": kind,
+        "space": str(Path(__file__).resolve().parents[2] / f"conf/base/paramspaces/{kind}.json"),
         "splits": {"train": train, "valid": valid, "full": train, "test": test},
         "n_trials": 2,
-        "fixed": {"num_epochs": 2, "maxlen": 10, "device": "cpu"},
+        "fixed": {"num_epochs": 2, "device": "cpu", **SMALL_FIXED[kind]},
         "metric": "ndcg",
         "cutoff": 10,
         "pruner": "none",
         "num_threads": 1,
         "sampler_seed": 1,
-        "study_name": f"sasrec-{prepared.name}",
+        "study_name": f"{kind}-{prepared.name}",
     }
     runtime = {**SMALL, "tune": tune}
     run(prepared, "tune", session={"runtime_params": runtime})
     with KedroSession.create(project_path=prepared, runtime_params=runtime) as session:
         cat = session.load_context().catalog
     best = cat.load("tune.best_params")
-    assert best["model"] == "sasrec" and best["trials"] == {"COMPLETE": 2}
+    assert best["model"] == kind and best["trials"] == {"COMPLETE": 2}
     assert best["metric"] == "ndcg@10" and 0 < best["value"] <= 1
     assert cat.load("tune.trials")["epochs_reported"].to_list() == [2, 2]
     metrics = cat.load("tune.metrics")
-    assert set(metrics) == {"sasrec", "most_popular", "last_item_cooccurrence"}
-    assert "full_hist_excluded.ndcg@10" in metrics["sasrec"]
+    assert set(metrics) == {kind, "most_popular", "last_item_cooccurrence"}
+    assert "full_hist_excluded.ndcg@10" in metrics[kind]
     model = cat.load("tune.model")
-    assert model.kind == "sasrec" and model.params.lr == best["params"]["lr"]
+    assert model.kind == kind and model.params.lr == best["params"]["lr"]
