@@ -63,6 +63,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--max-steps", type=int, help="smoke (reference only): stop after N steps")
     p.add_argument("--limit", type=int, help="smoke (ours only): the first N training sessions")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="ours: a parameter over the xlnet_mlm.yoochoose block, e.g. attend_padding=true",
+    )  # fmt: skip
+    p.add_argument(
+        "--reference-dir", type=Path,
+        help="with --skip-reference: compare with the reference runs of an earlier --out-dir "
+        "(same data, configuration, epochs, seeds)",
+    )  # fmt: skip
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -106,6 +115,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     params = dict(resolve_params(block, "yoochoose"))
     params.pop("num_threads", None)
     params |= {"num_epochs": args.epochs, "seed": args.seed, "device": "cpu", "maxlen": MAX_LEN}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
     model = create_model("xlnet_mlm", params)
     start = time.perf_counter()
     model.fit(train, progress=False)
@@ -131,6 +143,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "final_loss": model.history[-1].loss if model.history else None,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "protocol": result.label(),
+        "set": list(args.set),
     }
 
 
@@ -151,6 +164,7 @@ def _child_ours(args: argparse.Namespace, seed: int) -> dict[str, Any]:
            "--out", str(out), "--epochs", str(args.epochs), "--threads", str(args.threads),
            "--out-dir", str(args.out_dir)]  # fmt: skip
     cmd += ["--limit", str(args.limit)] if args.limit else []
+    cmd += ["--set", *args.set] if args.set else []
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with out.with_suffix(".log").open("w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -166,7 +180,10 @@ def _child_reference(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     text, rss = run_process(cmd, dict(os.environ), args.out_dir)
     (args.out_dir / f"{tag}.log").write_text(text)
-    raw = json.loads((args.out_dir / f"{tag}.json").read_text())
+    return _reference_record(json.loads((args.out_dir / f"{tag}.json").read_text()), seed, rss)
+
+
+def _reference_record(raw: dict[str, Any], seed: int, rss: float | None) -> dict[str, Any]:
     m = raw["eval"]["metrics"]
 
     def pick(name: str) -> float:
@@ -176,7 +193,7 @@ def _child_reference(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {
         "leg": "reference",
         "seed": seed,
-        "epochs": args.epochs,
+        "epochs": raw["epochs"],
         "train_s": raw["train"]["seconds"],
         "sessions_per_s": raw["train"]["sequences_per_s"],
         "metrics": {name: float(pick(name)) for name in METRICS},
@@ -231,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(run, jobs))
+    if args.skip_reference and args.reference_dir:
+        for seed in args.seeds:
+            raw = json.loads((args.reference_dir / f"reference_seed{seed}.json").read_text())
+            if raw["epochs"] != args.epochs:
+                sys.exit(f"{args.reference_dir}: the reference ran {raw['epochs']} epochs")
+            runs.append(_reference_record(raw, seed, None))
     table = report(runs)
     summary = {"runs": runs, "load_before": load, "load_after": os.getloadavg()[0],
                "threads": args.threads, "jobs": args.jobs, "epochs": args.epochs}  # fmt: skip
