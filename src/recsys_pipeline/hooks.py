@@ -17,9 +17,9 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.operations.ingest import RunLock
-from recsys_pipeline.partial import partial_suffix, process_gone, writer_gone
+from recsys_pipeline.storage import jsonio
+from recsys_pipeline.storage.partial import partial_suffix, process_gone, writer_gone
 
 logger = logging.getLogger(__name__)
 

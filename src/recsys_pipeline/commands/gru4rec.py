@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsys_pipeline import jsonio
+from recsys_pipeline.storage import jsonio
 
 if TYPE_CHECKING:
     import polars as pl

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_pipeline.partial import partial_suffix
+from recsys_pipeline.storage.partial import partial_suffix
 
 logger = logging.getLogger(__name__)
 

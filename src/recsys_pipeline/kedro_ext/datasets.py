@@ -30,9 +30,9 @@ from kedro_datasets.json import JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.polars import EagerPolarsDataset
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.datasets import get_format
-from recsys_pipeline.partial import partial_suffix
+from recsys_pipeline.storage import jsonio
+from recsys_pipeline.storage.partial import partial_suffix
 
 
 @dataclass(frozen=True)

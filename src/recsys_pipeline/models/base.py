@@ -47,7 +47,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.models.params import (
     checked_hints,
     convert_value,
@@ -55,6 +54,7 @@ from recsys_pipeline.models.params import (
     parse_param_string,
 )
 from recsys_pipeline.models.persistence import ModelFolderError, read_json, require_keys
+from recsys_pipeline.storage import jsonio
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 
 __all__ = [

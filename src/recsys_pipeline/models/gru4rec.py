@@ -78,7 +78,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
@@ -97,6 +96,7 @@ from recsys_pipeline.models.persistence import (
     save_fine_tune_state,
     write_ids,
 )
+from recsys_pipeline.storage import jsonio
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.loop import (
     CHECKPOINT_FILE,

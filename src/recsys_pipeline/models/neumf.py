@@ -50,7 +50,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.evaluation.user_ranking import sampled_ranking
 from recsys_pipeline.models.base import (
     ModelParams,
@@ -70,6 +69,7 @@ from recsys_pipeline.models.persistence import (
     save_fine_tune_state,
     write_ids,
 )
+from recsys_pipeline.storage import jsonio
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.interactions import (
     NEGATIVE_MODES,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys_pipeline import jsonio
+from recsys_pipeline.storage import jsonio
 
 _T = TypeVar("_T")
 

@@ -40,7 +40,6 @@ import polars as pl
 import torch
 from torch import nn
 
-from recsys_pipeline import jsonio
 from recsys_pipeline.models.base import (
     ModelParams,
     Recommender,
@@ -56,6 +55,7 @@ from recsys_pipeline.models.persistence import (
     read_json,
     write_ids,
 )
+from recsys_pipeline.storage import jsonio
 from recsys_pipeline.training.device import resolve_device
 from recsys_pipeline.training.loop import LoopConfig, train_epochs
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher

@@ -49,8 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from recsys_pipeline import jsonio
-from recsys_pipeline.partial import partial_suffix
+from recsys_pipeline.storage import jsonio
+from recsys_pipeline.storage.partial import partial_suffix
 
 logger = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys_pipeline.partial import partial_suffix
+from recsys_pipeline.storage.partial import partial_suffix
 from recsys_pipeline.training.trainer import EpochStats, run_epoch
 
 logger = logging.getLogger(__name__)

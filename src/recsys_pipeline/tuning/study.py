@@ -38,6 +38,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from recsys_pipeline.storage.partial import process_gone
 from recsys_pipeline.tuning.space import ParamSpec
 
 __all__ = [
@@ -284,16 +285,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail every running trial whose worker is dead and queue its retry (same parameters,
     up to ``max_retry`` times, by the storage's ``RetryHeartbeatStaleTrialCallback``):
@@ -308,7 +299,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or not _process_gone(int(pid)):
+        if worker_host != host or not pid.isdigit() or not process_gone(int(pid)):
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):  # noqa: SLF001
