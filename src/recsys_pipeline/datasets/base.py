@@ -204,25 +204,27 @@ class RawFormat:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- errors
+    def _offending(self, path: Path, bad: pl.Expr, name: str) -> tuple[int, int, str]:
+        """``(rows shown, of them null, "line N: 'value'; ...")`` of the first lines of
+        ``path`` where ``bad`` holds, with column ``name``'s raw value."""
+        raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
+        rows = (
+            raw.filter(bad).select("line", pl.col(name).alias("value")).head(MAX_EXAMPLES).collect()
+        )
+        examples = "; ".join(
+            f"line {r['line']}: {r['value']!r}" for r in rows.iter_rows(named=True)
+        )
+        return rows.height, rows["value"].null_count(), examples
+
     def explain_nulls(self, paths: list[Path], shown: list[Path]) -> None:
         """Raise a :class:`RawDataError` naming the file, column and first offending lines."""
         for path, shown_path in zip(paths, shown, strict=True):
-            raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
             for column in self.columns:
                 if column.nullable or column.kind == "event":
                     continue
-                typed = self.cast(column)
-                bad = (
-                    raw.filter(typed.is_null())
-                    .select("line", pl.col(column.name).alias("value"))
-                    .head(MAX_EXAMPLES)
-                    .collect()
-                )
-                if bad.height:
-                    what = "missing" if bad["value"].null_count() == bad.height else "unparsable"
-                    examples = "; ".join(
-                        f"line {r['line']}: {r['value']!r}" for r in bad.iter_rows(named=True)
-                    )
+                n, nulls, examples = self._offending(path, self.cast(column).is_null(), column.name)
+                if n:
+                    what = "missing" if nulls == n else "unparsable"
                     raise RawDataError(
                         f"{self.name}: {shown_path} column '{column.name}' has {what} values "
                         f"(expected {column.kind}); first offending rows: {examples}"
@@ -233,17 +235,8 @@ class RawFormat:
         with a negative value (ids and timestamps of the published data are never negative)."""
         column = next(c for c in self.columns if c.name == name)
         for path, shown_path in zip(paths, shown, strict=True):
-            raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
-            bad = (
-                raw.filter(self.cast(column) < 0)
-                .select("line", pl.col(name).alias("value"))
-                .head(MAX_EXAMPLES)
-                .collect()
-            )
-            if bad.height:
-                examples = "; ".join(
-                    f"line {r['line']}: {r['value']!r}" for r in bad.iter_rows(named=True)
-                )
+            n, _, examples = self._offending(path, self.cast(column) < 0, name)
+            if n:
                 raise RawDataError(
                     f"{self.name}: {shown_path} column '{name}' has negative values (ids and "
                     f"times of this format are >= 0); first offending rows: {examples}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_pipeline.datasets.base import MAX_EXAMPLES, Column, RawDataError, RawFormat
+from recsys_pipeline.datasets.base import Column, RawDataError, RawFormat
 from recsys_pipeline.preprocessing.protocol import ITEM, TIME
 
 logger = logging.getLogger(__name__)
@@ -109,25 +109,8 @@ class MovieLens(RawFormat):
 
     def explain_negatives(self, paths: list[Path], shown: list[Path]) -> None:
         """Raise a :class:`RawDataError` naming the file, column and first negative values."""
-        for path, shown_path in zip(paths, shown, strict=True):
-            raw = self.scan_strings(path).with_row_index("line", offset=2 if self.has_header else 1)
-            for name in _NON_NEGATIVE:
-                column = next(c for c in self.columns if c.name == name)
-                bad = (
-                    raw.filter(self.cast(column) < 0)
-                    .select("line", pl.col(name).alias("value"))
-                    .head(MAX_EXAMPLES)
-                    .collect()
-                )
-                if bad.height:
-                    examples = "; ".join(
-                        f"line {r['line']}: {r['value']!r}" for r in bad.iter_rows(named=True)
-                    )
-                    raise RawDataError(
-                        f"{self.name}: {shown_path} column '{name}' has negative values "
-                        f"(ids and epoch-second timestamps are >= 0); first offending rows: "
-                        f"{examples}"
-                    )
+        for name in _NON_NEGATIVE:
+            self.explain_negative(paths, shown, name)
 
 
 class MovieLens100K(MovieLens):
