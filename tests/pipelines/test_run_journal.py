@@ -35,6 +35,21 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _big_gzip_raw(raw: Path, repeats: int) -> str:
+    """Synthetic Diginetica raw data in ``raw``, plus ``<file>.gz`` holding its rows
+    ``repeats`` times (a slow decompression); the plain file's name."""
+    import gzip
+
+    write_raw("diginetica", raw, SMALL)
+    (name,) = [p.name for p in raw.iterdir()]
+    header, body = (raw / name).read_bytes().split(b"\n", 1)
+    with gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as dst:
+        dst.write(header + b"\n")
+        for _ in range(repeats):
+            dst.write(body)
+    return name
+
+
 def test_three_views_in_one_hour_fail_naming_dataset_split_and_cut(project: Path):
     """The issue's RetailRocket example: the run fails at split, names what to change, and
     ``data/`` holds what it held before (nothing of the events, sessions, ... steps)."""
@@ -134,15 +149,7 @@ def test_a_kedro_run_killed_while_decompressing_leaves_nothing_after_the_next_ru
     """SIGKILL a ``kedro run`` while it inflates a ``.gz`` raw file: the temporary file and the
     run's journal stay behind; the next run removes both and succeeds."""
     raw = project / "data/01_raw/diginetica"
-    write_raw("diginetica", raw, SMALL)
-    import gzip
-
-    (name,) = [p.name for p in raw.iterdir()]
-    header, body = (raw / name).read_bytes().split(b"\n", 1)
-    with gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as dst:
-        dst.write(header + b"\n")
-        for _ in range(150):  # ~150 MB inflated: the kill lands during decompression
-            dst.write(body)
+    name = _big_gzip_raw(raw, 150)  # ~150 MB inflated: the kill lands during decompression
     small = (raw / name).read_bytes()
     (raw / name).unlink()
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
@@ -170,18 +177,11 @@ def test_a_kedro_run_killed_while_decompressing_leaves_nothing_after_the_next_ru
 def test_ctrl_c_after_the_first_save_leaves_data_as_it_was(project: Path):
     """SIGINT (Ctrl-C) once the run has saved its first artifact: at exit the run's version
     folders are removed and its journal too; ``data/`` is as before."""
-    import gzip
     import signal
     import time
 
     raw = project / "data/01_raw/diginetica"
-    write_raw("diginetica", raw, SMALL)
-    (name,) = [p.name for p in raw.iterdir()]
-    header, body = (raw / name).read_bytes().split(b"\n", 1)
-    with gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as dst:
-        dst.write(header + b"\n")
-        for _ in range(40):  # long enough to interrupt between the first saves and the end
-            dst.write(body)
+    name = _big_gzip_raw(raw, 40)  # long enough to interrupt between the first saves and the end
     (raw / name).unlink()
     before = _snapshot(project / "data")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
