@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--save-model", action="store_true", help="ours: keep each trained model")
     p.add_argument(
+        "--item-universe", choices=["train", "file"], default="train",
+        help="ours: the item table holds the training items (default) or, as the port's, every "
+        "id 1..max of the file: the items seen only as a validation/test item then get rows, "
+        "are drawn as training negatives and as evaluation candidates, and are never unknown",
+    )  # fmt: skip
+    p.add_argument(
         "--reference-means", type=float, nargs=2, metavar=("NDCG", "HR"),
         help="with --skip-reference: the reference's mean test NDCG@10 / HR@10 of an earlier "
         "run (same data, configuration, epochs, seeds) for the comparison lines",
@@ -108,6 +114,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate our SASRec once (in this process); the record as a dict."""
     import resource
 
+    import numpy as np
     import polars as pl
     import torch
 
@@ -128,8 +135,14 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         bucket=args.bucket, **VARIANTS[args.variant],
     )  # fmt: skip
     model = SASRec(params)
+    data: Any = train
+    if args.item_universe == "file":  # the port's table: ids 1 .. the largest id of the file
+        from recsys_pipeline.training.session_iterator import sessions_from_frame
+
+        top = int(events.get_column("ItemId").max())
+        data = sessions_from_frame(train, item_ids=np.arange(1, top + 1, dtype=np.int64))
     start = time.perf_counter()
-    model.fit(train, progress=False)
+    model.fit(data, progress=False)
     train_s = time.perf_counter() - start
     rows = sum(h.n_batches for h in model.history[:1])  # batches of one epoch
     n_rows = int((train.group_by("SessionId").len()["len"] >= 2).sum())
@@ -162,6 +175,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "leg": "ours",
         "variant": args.variant,
+        "item_universe": args.item_universe,
+        "n_items": model.n_items,
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
@@ -182,7 +197,8 @@ def _child_ours(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
            "--out", str(out), "--data", str(args.data), "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--bucket", str(args.bucket),
-           "--variant", args.variant] + (["--save-model"] if args.save_model else [])  # fmt: skip
+           "--variant", args.variant, "--item-universe", args.item_universe]
+    cmd += ["--save-model"] if args.save_model else []  # fmt: skip
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
@@ -315,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         leg, seed = job
         t = time.perf_counter()
         if leg == "ours":
-            record = _child_ours(args, seed, args.out_dir / f"ours_{args.variant}_seed{seed}.json")
+            name = f"ours_{args.variant}" + ("_universe" if args.item_universe == "file" else "")
+            record = _child_ours(args, seed, args.out_dir / f"{name}_seed{seed}.json")
         else:
             record = _child_reference(args, seed, args.out_dir)
         print(f"{leg} seed {seed}: done in {time.perf_counter() - t:.0f} s", flush=True)

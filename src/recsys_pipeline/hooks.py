@@ -19,7 +19,7 @@ from kedro.io import AbstractVersionedDataset
 
 from recsys_pipeline.operations.ingest import RunLock
 from recsys_pipeline.storage import jsonio
-from recsys_pipeline.storage.partial import partial_suffix, process_gone, writer_gone
+from recsys_pipeline.storage.partial import partial_suffix, process_gone, prune_empty, writer_gone
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +69,6 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _prune_empty(path: Path, stop: Path) -> None:
-    """Remove ``path`` and its parents up to ``stop`` (excluded) while they are empty."""
-    path, stop = path.absolute(), stop.absolute()
-    while path != stop and stop in path.parents:
-        try:
-            path.rmdir()
-        except OSError:
-            return
-        path = path.parent
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -192,7 +181,7 @@ class RunJournalHook:
         if self._journal is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._journal.unlink()
-            _prune_empty(self._journal.parent, self._journal.parent.parent)
+            prune_empty(self._journal.parent, self._journal.parent.parent)
         self._journal = None
         atexit.unregister(self._at_exit)
 
@@ -214,7 +203,7 @@ def rollback(record: dict[str, Any]) -> list[str]:
         if path.exists():
             _remove(path)
             removed.append(folder)
-        _prune_empty(path.parent, Path(keep))
+        prune_empty(path.parent, Path(keep))
     return removed
 
 
@@ -276,5 +265,5 @@ def recover_killed_runs() -> list[dict[str, Any]]:
     for path in sweep_partial_files():
         logger.warning("removed %s, left by a killed process", path)
     if JOURNAL_DIR.exists():
-        _prune_empty(JOURNAL_DIR, JOURNAL_DIR.parent)
+        prune_empty(JOURNAL_DIR, JOURNAL_DIR.parent)
     return recovered

@@ -196,3 +196,66 @@ def test_ctrl_c_after_the_first_save_leaves_data_as_it_was(project: Path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) != 0
     assert _snapshot(project / "data") == before
+
+
+#: runs ``kedro`` with ``torch.save`` wrapped: the first write into a model's staging folder
+#: (``.<name>.partial-<host>-<pid>/``) is completed, then the process SIGKILLs itself, so the
+#: kill lands inside the model save of a real run (deterministically, not by timing)
+_DIE_DURING_MODEL_SAVE = """
+import os, signal, sys
+import torch
+from kedro.framework.cli import main
+
+_save = torch.save
+
+def save(obj, f, *args, **kwargs):
+    _save(obj, f, *args, **kwargs)
+    if "/.gru4rec.partial-" in str(f):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save
+sys.argv[0] = "kedro"
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_kedro_run_killed_during_a_model_save_leaves_nothing_after_the_next_run(project: Path):
+    """SIGKILL a ``kedro run --pipelines=train`` in the middle of writing the model folder: the
+    staging folder, the run's version folders and its journal stay behind, its MLflow run is
+    RUNNING; the next run's recovery leaves ``data/`` exactly as before the killed run and
+    marks the MLflow run KILLED; that run then succeeds."""
+    import yaml
+
+    settings = {"synthetic": {"config": {"n_events": 6000, "n_items": 200, "n_users": 600}},
+                "gru4rec": {"synthetic": {"layers": [32], "n_epochs": 1, "n_sample": 64,
+                                          "batch_size": 32, "num_threads": 1}}}  # fmt: skip
+    (project / "conf/local/parameters_kill.yml").write_text(yaml.safe_dump(settings))
+    run(project, "synthetic")
+    run(project, "preprocess_synthetic")
+    before = _snapshot(project / "data")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_DURING_MODEL_SAVE, "run", "--pipelines=train",
+         "--namespaces=synthetic.gru4rec"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    left = set(_snapshot(project / "data")) - set(before)
+    assert any("/.gru4rec.partial-" in p for p in left), sorted(left)
+    assert any(p.startswith(".runs/") for p in left), sorted(left)
+    (journal,) = (project / JOURNAL_DIR).glob("*.json")
+    record = json.loads(journal.read_text())
+    run_id = record["mlflow_run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING"
+
+    recovered = recover_killed_runs()  # what the next run does first
+    assert [r["pid"] for r in recovered] == [record["pid"]]
+    assert _snapshot(project / "data") == before, set(_snapshot(project / "data")) ^ set(before)
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
+
+    run(project, "train", namespaces=["synthetic.gru4rec"])
+    after = _snapshot(project / "data")
+    assert not [p for p in after if ".partial-" in p or p.startswith(".runs")]
+    assert len(list((project / "data/06_models/synthetic/gru4rec").iterdir())) == 1

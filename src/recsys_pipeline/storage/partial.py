@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+from pathlib import Path
 
-__all__ = ["PARTIAL", "partial_suffix", "writer_gone"]
+__all__ = ["PARTIAL", "partial_suffix", "prune_empty", "writer_gone"]
 
 #: ``.partial-<host>-<pid>`` (or ``.partial-<pid>`` of older versions: this host) at the end
 PARTIAL = re.compile(r"\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
@@ -41,3 +42,18 @@ def writer_gone(name: str) -> bool:
         return False
     host = match.group("host")
     return (host is None or host == socket.gethostname()) and process_gone(int(match.group("pid")))
+
+
+def prune_empty(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to ``stop`` (excluded) while they are empty (what a
+    removed file or version folder leaves behind); a part of the chain already gone is
+    skipped."""
+    path, stop = Path(path).absolute(), Path(stop).absolute()
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        path = path.parent

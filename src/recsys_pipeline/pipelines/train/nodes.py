@@ -23,6 +23,7 @@ from recsys_pipeline.models.registry import (  # noqa: E402
     resolve_params,
 )
 from recsys_pipeline.serving.recommend import recommend  # noqa: E402
+from recsys_pipeline.storage.partial import prune_empty  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def train_model(
 
     ``training.checkpoint_dir``: models whose ``fit`` takes a ``checkpoint_dir`` checkpoint
     every epoch under ``<checkpoint_dir>/<dataset>/<kind>``, so that a killed run resumes from
-    its last finished epoch (the checkpoint is removed when training ends).
+    its last finished epoch (the checkpoint, and the folders it leaves empty, are removed
+    when training ends).
 
     ``valid``: validation targets given to ``fit`` when the block sets ``patience`` (early
     stopping on them)."""
@@ -77,6 +79,8 @@ def train_model(
     if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
         fit_args["checkpoint_dir"] = Path(root) / dataset / kind
     model.fit(train_full, **fit_args)
+    if "checkpoint_dir" in fit_args:  # fit removed the checkpoint: its empty folders go too
+        prune_empty(fit_args["checkpoint_dir"], Path(root).parent)
     history = epoch_history(model)
     tracked = {
         name: [{"value": float(row[name]), "step": row["epoch"]} for row in history]
