@@ -197,8 +197,8 @@ def _child_ours(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
            "--out", str(out), "--data", str(args.data), "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--bucket", str(args.bucket),
-           "--variant", args.variant, "--item-universe", args.item_universe]
-    cmd += ["--save-model"] if args.save_model else []  # fmt: skip
+           "--variant", args.variant, "--item-universe", args.item_universe]  # fmt: skip
+    cmd += ["--save-model"] if args.save_model else []
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
