@@ -119,7 +119,7 @@ def _damage(case: str) -> Callable[[str, Path], str | None]:
             )
             path.write_bytes(b"\n".join(lines) + b"\n")
             what = "more" if case == "extra_fields" else "fewer"
-            return rf"has lines with {what} fields than the \d+ of its .*line {first_data + 2}"
+            return rf"has lines with {what} .*-separated fields than the \d+ of its .*line {first_data + 2}"
         if case == "truncated_gzip":
             data = path.read_bytes()
             gz = path.with_name(path.name + ".gz")

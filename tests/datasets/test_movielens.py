@@ -86,6 +86,27 @@ def test_bad_values_name_file_column_and_rows(
     assert str(path) in message and f"column '{column}'" in message and line in message
 
 
+@pytest.mark.parametrize(
+    ("variant", "body", "expected"),
+    [
+        ("ml-100k", "2\t3\t4\t881250950\t9\n", "more '\\t'-separated fields than the 4"),
+        ("ml-1m", "2::3::4\n", "fewer '::'-separated fields than the 4"),
+        ("ml-1m", "2::3::4::881250950::1\n", "more '::'-separated fields than the 4"),
+        ("ml-20m", "2,3,4.0,881250950,x\n", "more ','-separated fields than the 4 of its header"),
+    ],
+)
+def test_lines_with_extra_or_missing_fields_are_named(
+    tmp_path: Path, variant: str, body: str, expected: str
+):
+    """The published files have the same number of fields on every line."""
+    path = write(tmp_path, variant, body)
+    with pytest.raises(RawDataError) as err:
+        read_ratings(variant, tmp_path)
+    line = 3 if variant == "ml-20m" else 2
+    assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+    assert f"line {line}:" in str(err.value)
+
+
 def test_bad_gzip_values_name_the_gz_file(tmp_path: Path):
     path = tmp_path / "u.data.gz"
     with gzip.open(path, "wt") as fh:

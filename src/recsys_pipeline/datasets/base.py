@@ -62,6 +62,11 @@ class RawFormat:
     time_unit_seconds: float = 1.0
     published_at: str = ""
     kept_events: tuple[str, ...] = ()  # values of the "event" column that the protocol keeps
+
+    @property
+    def shown_separator(self) -> str:
+        """The separator as users see it in the file (MovieLens 1M: ``::``, read as ``:``)."""
+        return self.separator
     # True where standardize() looks across rows of every event type (first-appearance ranks)
     needs_all_rows: bool = False
 
@@ -248,9 +253,14 @@ class RawFormat:
         published files have the same number on every line. One streaming pass over the
         lines; a line with more separators than fields is checked again by a strict parse
         of the whole file (a quoted field may hold the separator)."""
-        sep = self.separator
+        sep = self.shown_separator
         for path, shown_path in zip(paths, shown, strict=True):
-            expected = len(self.header(path, shown_as=shown_path))
+            n_columns = len(self.header(path, shown_as=shown_path))
+            expected = n_columns
+            if not self.has_header:  # the first line's fields as the user counts them
+                with open(path, "rb") as fh:
+                    first = fh.readline().decode("utf-8", "replace").rstrip("\r\n")
+                expected = first.count(sep) + 1
             lines = pl.scan_csv(
                 path, has_header=False, separator="\x1f", quote_char=None,
                 new_columns=["text"], infer_schema=False, encoding="utf8-lossy",
@@ -265,9 +275,9 @@ class RawFormat:
             if more.height:
                 try:  # strict: polars refuses more fields than the header has
                     pl.scan_csv(
-                        path, separator=sep, has_header=self.has_header, infer_schema=False,
-                        quote_char='"', new_columns=None if self.has_header else
-                        [f"column_{i + 1}" for i in range(expected)],
+                        path, separator=self.separator, has_header=self.has_header,
+                        infer_schema=False, quote_char='"', new_columns=None if self.has_header
+                        else [f"column_{i + 1}" for i in range(n_columns)],
                     ).collect(engine="streaming")  # fmt: skip
                     more = more.clear()  # quoted separators, not extra fields
                 except pl.exceptions.PolarsError:
@@ -279,8 +289,9 @@ class RawFormat:
                         for r in bad.iter_rows(named=True)
                     )
                     raise RawDataError(
-                        f"{self.name}: {shown_path} has lines with {what} fields than the "
-                        f"{expected} of its {'header' if self.has_header else 'first line'}; "
+                        f"{self.name}: {shown_path} has lines with {what} {sep!r}-separated "
+                        f"fields than the {expected} of its "
+                        f"{'header' if self.has_header else 'first line'}; "
                         f"first offending rows: {examples}"
                     )
 

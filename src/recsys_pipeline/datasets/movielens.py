@@ -179,14 +179,16 @@ def read_ratings(
 
     Raises:
         RawDataError: the file is missing (says where to put it and where it is published), empty,
-            not the variant's layout, a broken gzip file, or has missing, non-numeric or negative
-            values (names the file, the column and the first offending lines).
+            not the variant's layout, a broken gzip file, has lines with more or fewer fields
+            than the first (or the header), or has missing, non-numeric or negative values
+            (names the file, the column and the first offending lines).
     """
     reader = get_variant(variant)
     paths = reader.locate(directory, files)
     with reader.plain_files(paths) as plain:
         for path, shown in zip(plain, paths, strict=True):
             reader.header(path, shown_as=shown)
+        reader.check_field_counts(plain, paths)
         lazy = reader.typed(plain).drop("kept")
         try:
             typed = lazy.collect(engine="streaming")
