@@ -67,6 +67,7 @@ class RawFormat:
     def shown_separator(self) -> str:
         """The separator as users see it in the file (MovieLens 1M: ``::``, read as ``:``)."""
         return self.separator
+
     # True where standardize() looks across rows of every event type (first-appearance ranks)
     needs_all_rows: bool = False
 
