@@ -22,9 +22,7 @@ def _end_mlflow_runs() -> None:
         mlflow.end_run(status="FAILED")
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Iterator[Path]:
-    """tmp_path laid out as the project: conf/, pyproject.toml, empty src/ and data/ layers."""
+def _lay_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     (tmp_path / "conf" / "local").mkdir()
     _own_tracking_store(tmp_path)
@@ -37,6 +35,20 @@ def project(tmp_path, monkeypatch) -> Iterator[Path]:
     _end_mlflow_runs()
     yield tmp_path
     _end_mlflow_runs()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """tmp_path laid out as the project: conf/, pyproject.toml, empty src/ and data/ layers."""
+    yield from _lay_out(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def shared_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """:func:`project` shared by the tests of a module (one MLflow store: its creation is
+    most of a short failing run's time); each test leaves it as it found it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _lay_out(tmp_path_factory.mktemp("project"), monkeypatch)
 
 
 def _own_tracking_store(project: Path) -> None:
