@@ -152,6 +152,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
         },
         "epochs": 6,
     },
+    # the same sessions, HSTU (pointwise SiLU attention, sampled softmax, time buckets)
+    "hstu": {
+        "params": {
+            "maxlen": 20,
+            "hidden_units": 64,
+            "dqk": 32,
+            "dv": 32,
+            "num_heads": 2,
+            "batch_size": 64,
+            "n_negatives": 128,
+            "lr": 0.002,
+        },
+        "epochs": 6,
+    },
 }
 FALLBACK_EPOCHS = 3
 #: relative tolerance of CUDA vs CPU training (seed means), see the docstring

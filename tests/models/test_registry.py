@@ -296,7 +296,7 @@ def test_bad_model_json_names_the_file(tmp_path: Path):
         registry.load_model(tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm", "neumf"])
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm", "hstu", "neumf"])
 def test_damaged_folders_of_every_kind_name_the_file(kind: str, tmp_path: Path):
     """Each model kind: truncated weights, a missing shape parameter, weights that do not fit,
     a missing id file, a folder that is not there: one ModelFolderError naming the file."""
@@ -310,6 +310,8 @@ def test_damaged_folders_of_every_kind_name_the_file(kind: str, tmp_path: Path):
                      "device": "cpu"},
         "xlnet_mlm": {"maxlen": 8, "d_model": 8, "item_dim": 8, "n_layer": 1, "n_head": 2,
                       "num_epochs": 1, "device": "cpu"},
+        "hstu": {"maxlen": 8, "hidden_units": 8, "dqk": 4, "dv": 4, "n_negatives": 8,
+                 "num_epochs": 1, "device": "cpu"},
         "neumf": {"factors": 4, "layers": [8, 4], "n_epochs": 1, "batch_size": 256,
                   "device": "cpu"},
     }[kind]  # fmt: skip

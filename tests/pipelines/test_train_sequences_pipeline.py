@@ -16,6 +16,7 @@ SMALL = {
     "sasrec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "bert4rec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "xlnet_mlm": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "d_model": 16, "n_head": 2}},
+    "hstu": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "gru4rec": {
         "synthetic_seq": {"layers": [16], "n_epochs": 1, "n_sample": 16, "batch_size": 16}
     },  # fmt: skip
@@ -35,7 +36,7 @@ def test_every_next_item_model_on_a_sequence_dataset(prepared: Path):
     cat = catalog(prepared)
     test = cat.load("synthetic_seq.loo_test")
     train = cat.load("synthetic_seq.loo_train")
-    for kind in ("sasrec", "bert4rec", "xlnet_mlm", "gru4rec"):
+    for kind in ("sasrec", "bert4rec", "xlnet_mlm", "hstu", "gru4rec"):
         metrics = cat.load(f"synthetic_seq.{kind}.metrics")
         assert set(metrics) == {kind, "most_popular", "last_item_cooccurrence"}
         for values in metrics.values():
@@ -77,10 +78,11 @@ SMALL_FIXED = {
     "sasrec": {"maxlen": 10, "hidden_units": 16},
     "bert4rec": {"maxlen": 10, "hidden_units": 16, "inner_size": 32},
     "xlnet_mlm": {"maxlen": 10, "d_model": 16, "item_dim": 16, "n_head": 2},
+    "hstu": {"maxlen": 10, "hidden_units": 16, "dqk": 8, "dv": 8, "n_negatives": 16},
 }
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm"])
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec", "xlnet_mlm", "hstu"])
 def test_tune_a_sequence_model_on_a_sequence_dataset(prepared: Path, kind: str):
     """``tune.model=<kind>`` with its search space on leave-one-out splits: trials scored with
     the last-item protocol on the validation items (every epoch, history excluded), the best

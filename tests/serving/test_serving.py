@@ -416,3 +416,21 @@ def test_xlnet_mlm_pyfunc_answers_like_recommend(tracking: str) -> None:
     out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
     assert out["items"].tolist() == expected.items.tolist()
     np.testing.assert_allclose(np.stack(out["scores"]), expected.scores, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------- HSTU
+def test_hstu_pyfunc_answers_like_recommend(tracking: str) -> None:
+    """HSTU through the one pyfunc (sessions carry no times: the positional bias only, as
+    ``recommend``) answers as ``recommend``."""
+    from recsys_pipeline.models.hstu import HSTU, HSTUParams
+
+    params = HSTUParams(maxlen=6, hidden_units=16, dqk=8, dv=8, n_negatives=16, num_epochs=2,
+                        lr=0.005, device="cpu")  # fmt: skip
+    model = HSTU(params).fit(successor_sessions(N_ITEMS, 200, seed=0), progress=False)
+    info = log_pyfunc_model(model, max_batch=MAX_BATCH, torch_threads=1)
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    sessions = _sessions(model)
+    expected = recommend(model, sessions, k=5)
+    out = pyfunc.predict(pd.DataFrame({"session": sessions}), params={"k": 5})
+    assert out["items"].tolist() == expected.items.tolist()
+    np.testing.assert_allclose(np.stack(out["scores"]), expected.scores, rtol=1e-5, atol=1e-6)

@@ -50,6 +50,7 @@ BUILTIN: dict[str, str] = {
     "sasrec": "recsys_pipeline.models.sasrec:SASRec",
     "bert4rec": "recsys_pipeline.models.bert4rec:BERT4Rec",
     "xlnet_mlm": "recsys_pipeline.models.xlnet_mlm:XLNetMLM",
+    "hstu": "recsys_pipeline.models.hstu:HSTU",
 }
 
 _REGISTERED: dict[str, type[Recommender]] = {}
