@@ -135,14 +135,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         bucket=args.bucket, **VARIANTS[args.variant],
     )  # fmt: skip
     model = SASRec(params)
-    data: Any = train
+    universe = None
     if args.item_universe == "file":  # the port's table: ids 1 .. the largest id of the file
-        from recsys_pipeline.training.session_iterator import sessions_from_frame
-
-        top = int(events.get_column("ItemId").max())
-        data = sessions_from_frame(train, item_ids=np.arange(1, top + 1, dtype=np.int64))
+        universe = np.arange(1, int(events.get_column("ItemId").max()) + 1, dtype=np.int64)
     start = time.perf_counter()
-    model.fit(data, progress=False)
+    model.fit(train, item_ids=universe, progress=False)
     train_s = time.perf_counter() - start
     rows = sum(h.n_batches for h in model.history[:1])  # batches of one epoch
     n_rows = int((train.group_by("SessionId").len()["len"] >= 2).sum())

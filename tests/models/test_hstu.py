@@ -246,3 +246,18 @@ def test_bad_parameters_are_named() -> None:
         HSTUParams(relative_bias="rotary")
     with pytest.raises(ValueError, match="attention_norm"):
         HSTUParams(attention_norm="softmax")
+
+
+def test_an_item_universe_gives_rows_to_ids_never_in_training() -> None:
+    """``fit(item_ids=...)``: the catalogue's ids all get rows (the reference's table holds
+    every movie id), so a never-seen id is a candidate; events outside it are dropped."""
+    train = successor_sessions(20, 60, seed=1)
+    seen = sorted(set(train["ItemId"].to_list()))
+    universe = np.asarray([*seen, 1, 2, 99_999])
+    model = HSTU(HSTUParams(**SMALL, num_epochs=1, device="cpu"))
+    model.fit(train, item_ids=universe, progress=False)
+    assert model.n_items == len(seen) + 3
+    assert {1, 2, 99_999} <= set(model.item_ids.tolist())
+    assert model.support[np.searchsorted(model.item_ids, [1, 2, 99_999])].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="as a frame"):
+        model.fit(model.prepare_training_data(train), item_ids=universe, progress=False)

@@ -154,6 +154,7 @@ class SequenceTransformer(Recommender):
         checkpoint_dir: str | Path | None = None,
         progress: bool = True,
         callback: Callable[[EpochStats], None] | None = None,
+        item_ids: np.ndarray | None = None,
         **kwargs: Any,
     ) -> Self:
         """Train from scratch.
@@ -168,10 +169,16 @@ class SequenceTransformer(Recommender):
             checkpoint_dir: write a checkpoint after every epoch and resume from it.
             progress: show the progress bar.
             callback: called with every finished epoch's stats (e.g. a tuning trial's report).
+            item_ids: the item vocabulary (raw ids, a frame ``train`` only; default: the items
+                of ``train``). Ids that never occur in ``train`` get rows too: they are drawn
+                as negatives and ranked as candidates, as in references whose item table
+                holds every id of the catalogue; events of items outside it are dropped.
         """
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
-        data = train if isinstance(train, SessionData) else _sequences(train)
+        if item_ids is not None and isinstance(train, SessionData):
+            raise ValueError("item_ids: pass the training events as a frame")
+        data = train if isinstance(train, SessionData) else _sequences(train, item_ids)
         if data.n_items == 0:
             raise ValueError(f"{type(self).__name__}.fit: the training data has no events")
         p = self.params
@@ -498,11 +505,13 @@ def last_position_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
     return cols.unsqueeze(0) == (lengths - 1).unsqueeze(1)
 
 
-def _sequences(train: pl.DataFrame) -> SessionData:
+def _sequences(train: pl.DataFrame, item_ids: np.ndarray | None = None) -> SessionData:
     frame = as_sequence_frame(train)
     if "Time" not in frame.columns:
         frame = frame.with_row_index("Time")
-    return sessions_from_frame(frame)
+    if item_ids is not None:
+        item_ids = np.unique(np.asarray(item_ids))
+    return sessions_from_frame(frame, item_ids=item_ids)
 
 
 def _cpu(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,318 @@
+"""HSTU side by side with Meta's research trainer (facebookresearch/generative-recommenders),
+same data, configuration, epochs and seeds, under the reference's protocol: accuracy of both
+legs, training speed of both.
+
+Both legs run as child processes with ``torch.set_num_threads(--threads)``:
+
+* **reference**: ``../shared/reference/drive_gr.py`` (``--driver``) runs the research
+  trainer unmodified from ``--gr-src`` (commit 2e81fab) with the gin configuration of HSTU
+  (``--gin``, default ``configs/ml-1m/hstu-sampled-softmax-n128-final.gin``) in ``--gr-python``
+  (the reference venv with fbgemm-gpu-cpu). Its data is written once by
+  ``../shared/reference/prep_gr_ml1m.py`` into ``<out-dir>/gr_data``. ``--no-anomaly`` turns
+  off the ``set_detect_anomaly(True)`` the trainer enables (measure speed both ways).
+  Environment variables ``HSTU_GR_SRC`` / ``HSTU_GR_PYTHON`` set both.
+* **ours**: ``recsys_pipeline.models.hstu.HSTU`` with the same configuration, on the same
+  ratings read by the project's MovieLens reader (a stable sort by time: same-second ratings
+  keep their file order; the reference's pandas sort is not stable, so a few same-second
+  pairs may be ordered differently).
+
+The protocol (the reference's ``eval_metrics_v2_from_tensors``): per user, training = every
+item but the last (each position predicts the next), test target = the last item, the query
+made at the target's time (the reference has the target's timestamp in the sequence); full
+ranking over every movie id of ``movies.dat`` (ours: an item table over those ids, so that
+never-rated movies are negatives and candidates as in the reference), the history window
+(the last ``maxlen`` items) excluded; ranks beyond 2,500 capped at 2,501. Reported: NDCG@10,
+NDCG@50, HR@10, HR@50, MRR with the cap (the reference's), and ours also exact (uncapped MRR).
+There is no validation split in the reference; ``--early-stopping`` adds a leg of ours that
+holds out each user's second-to-last item for early stopping (``patience``) and then scores
+the same test targets.
+
+Example (accuracy, hours; 2 seeds, two runs at a time)::
+
+    export HSTU_GR_SRC=../refrun/src/generative-recommenders-2e81fab
+    export HSTU_GR_PYTHON=../refrun/venv/bin/python
+    python benchmarks/hstu_reference.py --epochs 50 --seeds 1 2 --jobs 2
+    python benchmarks/hstu_reference.py --epochs 2 --seeds 1 --jobs 1 --no-anomaly  # speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gru4rec_train_speed import run_process  # noqa: E402  (this folder is on sys.path)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared"
+ML1M = SHARED / "data" / "real" / "movielens_1m_partial"
+DRIVER = SHARED / "reference" / "drive_gr.py"
+PREP = SHARED / "reference" / "prep_gr_ml1m.py"
+#: the reference's ML-1M HSTU configuration in our parameter names
+CONFIG = {
+    "maxlen": 200,
+    "hidden_units": 50,
+    "num_blocks": 2,
+    "num_heads": 1,
+    "dqk": 50,
+    "dv": 50,
+    "dropout_rate": 0.2,
+    "linear_dropout_rate": 0.2,
+    "n_negatives": 128,
+    "temperature": 0.05,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 128,
+}
+MAX_K = 2500
+METRICS = ("ndcg@10", "ndcg@50", "hr@10", "hr@50", "mrr")
+TOLERANCE = 0.03  # relative difference of the means allowed by the issue
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratings", type=Path, default=ML1M / "ratings.dat.gz")
+    p.add_argument("--movies", type=Path, default=ML1M / "movies.dat")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (speed: 1)")
+    p.add_argument("--driver", type=Path, default=DRIVER)
+    p.add_argument("--gr-src", default=os.environ.get("HSTU_GR_SRC"))
+    p.add_argument("--gr-python", default=os.environ.get("HSTU_GR_PYTHON"))
+    p.add_argument("--gin", default="configs/ml-1m/hstu-sampled-softmax-n128-final.gin")
+    p.add_argument("--no-anomaly", action="store_true", help="reference: anomaly detection off")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="also run ours with a validation item and this patience")  # fmt: skip
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out" / "hstu_reference")
+    p.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--patience", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------- our leg
+def gr_metrics(ranks: Any) -> dict[str, float]:
+    """The reference's metrics of 1-based ``ranks`` (capped at 2,501 beyond 2,500) and the
+    exact MRR."""
+    import numpy as np
+
+    exact = np.asarray(ranks, dtype=np.float64)
+    capped = np.where(exact > MAX_K, MAX_K + 1, exact)
+    out = {}
+    for k in (10, 50):
+        hit = capped <= k
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(capped + 1), 0.0).mean())
+        out[f"hr@{k}"] = float(hit.mean())
+    out["mrr"] = float((1.0 / capped).mean())
+    out["mrr_exact"] = float((1.0 / exact).mean())
+    out["n_beyond_cap"] = float((exact > MAX_K).sum())
+    return out
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate our HSTU once (in this process)."""
+    import resource
+
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from recsys_pipeline.datasets.sequences import read_sequences
+    from recsys_pipeline.evaluation.last_item import evaluate_last_item
+    from recsys_pipeline.models.hstu import HSTU, HSTUParams
+
+    torch.set_num_threads(args.threads)
+    events = read_sequences("movielens", args.ratings.parent, variant="ml-1m",
+                            file=args.ratings.name)  # fmt: skip
+    events = events.rename({"UserId": "SessionId"})
+    position = pl.int_range(pl.len()).over("SessionId")
+    length = pl.len().over("SessionId")
+    test = events.filter(position == length - 1)
+    history = events.filter(position < length - 1)
+    movies = sorted(
+        int(line.split(b"::", 1)[0])
+        for line in args.movies.read_bytes().splitlines()
+        if line.strip()
+    )
+    universe = np.asarray(movies, dtype=np.int64)
+    valid = None
+    train = history
+    if args.patience:
+        valid = history.filter(position == length - 2)
+        train = history.filter(position < length - 2)
+    params = HSTUParams(**CONFIG, num_epochs=args.epochs, seed=args.seed, device="cpu",
+                        patience=args.patience)  # fmt: skip
+    model = HSTU(params)
+    start = time.perf_counter()
+    model.fit(train, valid=valid, item_ids=universe, progress=False)
+    train_s = time.perf_counter() - start
+    epoch_s = [h.seconds for h in model.history]
+    n_rows = int((train.group_by("SessionId").len()["len"] >= 2).sum())
+    start = time.perf_counter()
+    result = evaluate_last_item(
+        model, history, targets=test, user_key="SessionId", exclude_history="window",
+        query_time="target", cutoffs=(10, 50), return_ranks=True,
+    )  # fmt: skip
+    metrics = gr_metrics(result.ranks)
+    return {
+        "leg": "ours" if not args.patience else "ours_early_stopping",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "epochs_run": len(model.history),
+        "best_epoch": model.best_epoch,
+        "threads": args.threads,
+        "train_s": train_s,
+        "epoch_s_median": statistics.median(epoch_s) if epoch_s else None,
+        "sequences_per_s": n_rows / statistics.median(epoch_s) if epoch_s else None,
+        "eval_s": time.perf_counter() - start,
+        "n_targets": result["n_targets"],
+        "label": result.label(),
+        "metrics": metrics,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "params": params.to_dict(),
+    }
+
+
+# --------------------------------------------------------------------------- orchestration
+def _child_ours(args: argparse.Namespace, seed: int, patience: int | None, out: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
+           "--out", str(out), "--ratings", str(args.ratings), "--movies", str(args.movies),
+           "--epochs", str(args.epochs), "--threads", str(args.threads)]  # fmt: skip
+    cmd += ["--patience", str(patience)] if patience else []
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    with out.with_suffix(".log").open("w") as handle:
+        subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return json.loads(out.read_text())
+
+
+def _gr_data(args: argparse.Namespace) -> Path:
+    data = (args.out_dir / "gr_data").resolve()
+    if not (data / "ml-1m" / "sasrec_format.csv").exists():
+        subprocess.run([args.gr_python, str(PREP), "--ratings", str(args.ratings.resolve()),
+                        "--movies", str(args.movies.resolve()), "--out-dir", str(data)],
+                       check=True)  # fmt: skip
+    return data
+
+
+def _child_reference(args: argparse.Namespace, seed: int, data: Path) -> dict[str, Any]:
+    tag = f"reference_seed{seed}"
+    cmd = [args.gr_python, str(args.driver.resolve()), "--src", str(Path(args.gr_src).resolve()),
+           "--gin-config", args.gin, "--data-dir", str(data), "--epochs", str(args.epochs),
+           "--seed", str(seed), "--threads", str(args.threads),
+           "--work-dir", str((args.out_dir / f"work_{seed}").resolve()),
+           "--out-dir", str(args.out_dir.resolve()), "--tag", tag]  # fmt: skip
+    cmd += ["--no-anomaly"] if args.no_anomaly else []
+    text, rss = run_process(cmd, dict(os.environ), args.out_dir)
+    (args.out_dir / f"{tag}.log").write_text(text)
+    raw = json.loads((args.out_dir / f"{tag}.json").read_text())
+    final = raw["per_epoch"][-1]["metrics"]
+    return {
+        "leg": "reference",
+        "seed": seed,
+        "epochs": raw["epochs"],
+        "threads": raw["threads"],
+        "anomaly_detection": raw["anomaly_detection"],
+        "train_s": raw["train"]["seconds"],
+        "sequences_per_s": raw["train"].get("steady_sequences_per_s")
+        or raw["train"]["sequences_per_s"],
+        "eval_s": raw["eval"]["seconds"],
+        "n_targets": final.get("n_eval"),
+        "metrics": {k: float(final[k]) for k in METRICS},
+        "peak_rss_gib": rss,
+    }
+
+
+def report(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The table (one line per run), the means per leg and ours relative to the reference."""
+    lines = ["leg                   seed  epochs  train s   seq/s  " + "  ".join(
+        f"{m:>8}" for m in METRICS)]  # fmt: skip
+    for r in sorted(runs, key=lambda r: (r["leg"], r["seed"])):
+        lines.append(
+            f"{r['leg']:<21} {r['seed']:>4}  {r['epochs']:>6}  {r['train_s']:>7.0f}  "
+            f"{r['sequences_per_s'] or float('nan'):>6.0f}  "
+            + "  ".join(f"{r['metrics'][m]:>8.4f}" for m in METRICS)
+        )
+    summary: dict[str, Any] = {}
+    legs = sorted({r["leg"] for r in runs})
+    means = {
+        leg: {m: statistics.fmean(r["metrics"][m] for r in runs if r["leg"] == leg)
+              for m in METRICS}
+        for leg in legs
+    }  # fmt: skip
+    summary["means"] = means
+    if "reference" in means:
+        for leg in (leg for leg in legs if leg != "reference"):
+            rel = {m: (means[leg][m] - means["reference"][m]) / means["reference"][m]
+                   for m in METRICS if means["reference"][m]}  # fmt: skip
+            summary[f"{leg}_relative"] = rel
+            lines.append(f"mean {leg} vs reference: " + ", ".join(
+                f"{m} {v:+.2%} ({'within' if abs(v) <= TOLERANCE else 'OUTSIDE'} 3%)"
+                for m, v in rel.items()))  # fmt: skip
+        speeds = {leg: [r["sequences_per_s"] for r in runs if r["leg"] == leg] for leg in legs}
+        if speeds.get("ours") and speeds["reference"]:
+            ratio = statistics.median(speeds["ours"]) / statistics.median(speeds["reference"])
+            summary["speed_ratio"] = ratio
+            lines.append(f"training sequences/s, median: ours / reference = {ratio:.2f}x")
+    lines.append("protocol: full ranking over every movies.dat id, the history window "
+                 "excluded, the last item of every user, query at the target's time, ranks "
+                 f"beyond {MAX_K} capped (reference's eval_metrics_v2)")  # fmt: skip
+    return "\n".join(lines), summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child == "ours":
+        record = run_ours(args)
+        args.out.write_text(json.dumps(record, indent=1))
+        return 0
+    if not args.ratings.exists() or not args.movies.exists():
+        print(f"data {args.ratings} / {args.movies} not found (../shared absent?)")
+        return 1
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    use_reference = not args.skip_reference and args.gr_src and args.gr_python
+    if not use_reference and not args.skip_reference:
+        print("reference leg skipped: set --gr-src/--gr-python (or HSTU_GR_SRC/HSTU_GR_PYTHON)")
+    data = _gr_data(args) if use_reference else None
+    load = os.getloadavg()[0]
+    jobs: list[tuple[str, int]] = [("reference", s) for s in args.seeds if use_reference]
+    jobs += [("ours", s) for s in args.seeds]
+    jobs += [("ours_es", s) for s in args.seeds if args.early_stopping]
+
+    def run(job: tuple[str, int]) -> dict[str, Any]:
+        leg, seed = job
+        t = time.perf_counter()
+        if leg == "reference":
+            assert data is not None
+            record = _child_reference(args, seed, data)
+        else:
+            patience = args.early_stopping if leg == "ours_es" else None
+            record = _child_ours(args, seed, patience, args.out_dir / f"{leg}_seed{seed}.json")
+        print(f"{leg} seed {seed}: done in {time.perf_counter() - t:.0f} s", flush=True)
+        return record
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(run, jobs))
+    table, summary = report(runs)
+    summary |= {"load_before": load, "load_after": os.getloadavg()[0], "jobs": args.jobs,
+                "threads": args.threads, "epochs": args.epochs, "runs": runs}  # fmt: skip
+    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(table)
+    print(f"load average (1 min) before {load:.2f}, after {summary['load_after']:.2f}; "
+          f"jobs {args.jobs}, threads {args.threads}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
