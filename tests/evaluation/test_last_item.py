@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -498,3 +500,18 @@ def test_unknown_targets_as_misses_scale_every_metric() -> None:
         sampled = evaluate_last_item(model, frame(TINY), unknown_targets="miss", max_users=3,
                                      seed=seed)  # fmt: skip
         assert sampled["n_targets"] == 3
+
+
+def test_capped_rank_metrics_as_generative_recommenders() -> None:
+    """Ranks beyond the cap count as cap + 1 (the reference keeps its top 2,500); an
+    excluded repeat (rank inf) is a miss; mrr_exact is uncapped."""
+    from recsys_pipeline.evaluation.last_item import capped_rank_metrics
+
+    ranks = np.array([1.0, 3.0, 2600.0, np.inf])
+    out = capped_rank_metrics(ranks, (1, 10), max_rank=2500)
+    assert out["ndcg@1"] == pytest.approx(0.25)
+    assert out["hr@10"] == pytest.approx(0.5)
+    assert out["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 4)
+    assert out["mrr"] == pytest.approx((1 + 1 / 3 + 2 / 2501) / 4)
+    assert out["mrr_exact"] == pytest.approx((1 + 1 / 3 + 1 / 2600) / 4)
+    assert out["n_beyond_cap"] == 2

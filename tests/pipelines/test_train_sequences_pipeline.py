@@ -13,6 +13,9 @@ from tests.pipelines.conftest import catalog, run
 
 SMALL = {
     "synthetic_sequences": {"n_users": 300, "n_items": 300},
+    "sequence_evaluation": {
+        "protocols": ["full", "full_with_history", "sampled", "generative_recommenders"]
+    },
     "sasrec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "bert4rec": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "hidden_units": 16}},
     "xlnet_mlm": {"synthetic_seq": {"num_epochs": 2, "maxlen": 10, "d_model": 16, "n_head": 2}},
@@ -49,6 +52,10 @@ def test_every_next_item_model_on_a_sequence_dataset(prepared: Path):
                 0 <= values["full_hist_excluded.ndcg@10"] <= values["full_hist_excluded.recall@10"]
             )
             assert "legacy.sampled100_hr@10" in values
+            # generative-recommenders' protocol: window exclusion, capped ranks
+            assert values["gr.n_targets"] == values["full_hist_excluded.n_targets"]
+            assert 0 <= values["gr.ndcg@10"] <= values["gr.hr@10"] <= values["gr.hr@20"]
+            assert values["gr.mrr"] >= values["gr.mrr_exact"] > 0
         model = cat.load(f"synthetic_seq.{kind}.model")
         assert model.kind == kind
         assert set(model.item_ids.tolist()) == set(train["ItemId"].to_list())

@@ -99,7 +99,18 @@ from recsys_pipeline.training.session_iterator import SessionData, event_seconds
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LastItemData", "LastItemResult", "draw_negatives", "evaluate_last_item", "prepare"]
+__all__ = [
+    "GR_MAX_RANK",
+    "LastItemData",
+    "LastItemResult",
+    "capped_rank_metrics",
+    "draw_negatives",
+    "evaluate_last_item",
+    "prepare",
+]
+
+#: generative-recommenders' evaluation keeps the top 2,500 items: a target below is rank 2,501
+GR_MAX_RANK = 2500
 
 Exclusion = Literal["all", "window", "none"]
 
@@ -763,4 +774,24 @@ def _candidate_scores(
         inside = (candidates >= a) & (candidates < b)
         values = s.gather(1, (candidates - a).clamp(0, b - a - 1))
         out = values if out is None else torch.where(inside, values, out)
+    return out
+
+
+def capped_rank_metrics(
+    ranks: np.ndarray, cutoffs: Sequence[int], max_rank: int = GR_MAX_RANK
+) -> dict[str, float]:
+    """generative-recommenders' metrics (``eval_metrics_v2_from_tensors``) of 1-based
+    ``ranks`` (``inf`` = never hit): a rank beyond ``max_rank`` counts as ``max_rank + 1``;
+    ``ndcg@k`` = ``1 / log2(rank + 1)`` within ``k``, ``hr@k``, ``mrr`` = mean ``1 / rank``
+    (capped: the reference's), plus ``mrr_exact`` (uncapped) and ``n_beyond_cap``."""
+    exact = np.asarray(ranks, dtype=np.float64)
+    capped = np.minimum(exact, max_rank + 1)
+    out: dict[str, float] = {}
+    for k in sorted({int(k) for k in cutoffs}):
+        hit = capped <= k
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(capped + 1), 0.0).mean())
+        out[f"hr@{k}"] = float(hit.mean())
+    out["mrr"] = float((1.0 / capped).mean())
+    out["mrr_exact"] = float((1.0 / exact).mean())
+    out["n_beyond_cap"] = float((exact > max_rank).sum())
     return out

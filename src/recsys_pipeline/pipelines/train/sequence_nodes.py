@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from recsys_pipeline.evaluation.last_item import evaluate_last_item
+from recsys_pipeline.evaluation.last_item import capped_rank_metrics, evaluate_last_item
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
 from recsys_pipeline.pipelines.train.nodes import tracked_metrics, train_model
 
@@ -33,6 +33,9 @@ PROTOCOL_LABELS = {
     "full": "full_hist_excluded",  # all items ranked, the user's history excluded (default)
     "full_with_history": "full_hist_included",  # all items ranked, nothing excluded
     "sampled": "legacy",  # target vs sampled negatives (legacy; names sampled{n}_*)
+    # generative-recommenders' evaluation: the last maxlen input items excluded, the query at
+    # the target's time (time-aware models), ranks beyond 2,500 capped; mrr and mrr_exact
+    "generative_recommenders": "gr",
 }
 _KEY = {"UserId": "SessionId"}
 
@@ -89,6 +92,20 @@ def _evaluate(
         result = evaluate_last_item(model, inputs, exclude_history=True, **common)
     elif protocol == "full_with_history":
         result = evaluate_last_item(model, inputs, exclude_history=False, **common)
+    elif protocol == "generative_recommenders":
+        result = evaluate_last_item(
+            model, inputs, exclude_history="window", query_time="target", return_ranks=True,
+            **common,
+        )  # fmt: skip
+        n_targets, n_unknown = result["n_targets"], result["n_unknown_targets"]
+        result = capped_rank_metrics(result.ranks, common["cutoffs"]) | {
+            "n_targets": n_targets, "n_unknown_targets": n_unknown,
+        }  # fmt: skip
+        label = PROTOCOL_LABELS[protocol]
+        out = {f"{label}.{k}": float(v) for k, v in result.items() if "@" in k or "mrr" in k}
+        out[f"{label}.n_targets"] = float(n_targets)
+        out[f"{label}.n_unknown_targets"] = float(n_unknown)
+        return out
     elif protocol == "sampled":
         result = evaluate_last_item(
             model,
