@@ -1,0 +1,168 @@
+"""Our HSTU network against generative-recommenders' own ``HSTU`` module, same weights, same
+inputs: the largest difference of the outputs at the real positions.
+
+This process (the project's venv) builds a small random :class:`~recsys_pipeline.models.hstu.
+HSTUNet`, writes its weights and a right-padded batch with timestamps to a temporary file, and
+runs itself with ``--child`` in the reference venv (``--gr-python``, with fbgemm-gpu-cpu), which
+imports the research code **unmodified** from ``--gr-src`` (commit 2e81fab), builds ``HSTU``
+as the trainer does (``LocalEmbeddingModule``, ``LearnablePositionalEmbeddingInputFeatures
+Preprocessor``, ``L2NormEmbeddingPostprocessor``, ``DotProductSimilarity``), loads the same
+weights, and feeds the batch the way ``movielens_seq_features_from_row`` does (history right
+padded and followed by ``gr_output_length + 1`` zero slots, the target's timestamp scattered
+after the last item). Dropout off on both sides.
+
+Example::
+
+    python benchmarks/hstu_forward_check.py --gr-src ../refrun/src/generative-recommenders-2e81fab \\
+        --gr-python ../refrun/venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+OUTPUT_SLOTS = 11  # the reference trainer's gr_output_length + 1
+#: our parameter name -> the reference module's
+NAMES = {
+    "item_emb.weight": "_embedding_module._item_emb.weight",
+    "pos_emb.weight": "_input_features_preproc._pos_emb.weight",
+}
+LAYER_NAMES = {
+    "uvqk": "_uvqk",
+    "out.weight": "_o.weight",
+    "out.bias": "_o.bias",
+    "bias.pos_w": "_rel_attn_bias._pos_w",
+    "bias.ts_w": "_rel_attn_bias._ts_w",
+}
+
+
+def reference_state(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict under the reference's parameter names."""
+    out = {}
+    for name, value in ours.items():
+        if name in NAMES:
+            out[NAMES[name]] = value
+            continue
+        _, index, rest = name.split(".", 2)  # layers.<i>.<rest>
+        out[f"_hstu._attention_layers.{index}.{LAYER_NAMES[rest]}"] = value
+    return out
+
+
+def child(path: Path, src: Path) -> None:
+    """In the reference venv: the reference's outputs for the batch and weights in ``path``."""
+    import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm before the reference imports)
+
+    sys.path.insert(0, str(src))
+    from generative_recommenders.research.modeling.sequential.embedding_modules import (
+        LocalEmbeddingModule,
+    )
+    from generative_recommenders.research.modeling.sequential.hstu import HSTU
+    from generative_recommenders.research.modeling.sequential.input_features_preprocessors import (
+        LearnablePositionalEmbeddingInputFeaturesPreprocessor,
+    )
+    from generative_recommenders.research.modeling.sequential.output_postprocessors import (
+        L2NormEmbeddingPostprocessor,
+    )
+    from generative_recommenders.research.rails.similarities.dot_product_similarity_fn import (
+        DotProductSimilarity,
+    )
+
+    record = torch.load(path, weights_only=True)
+    c = {k: int(v) for k, v in record["config"].items()}
+    model = HSTU(
+        max_sequence_len=c["maxlen"], max_output_len=OUTPUT_SLOTS, embedding_dim=c["dim"],
+        num_blocks=c["blocks"], num_heads=c["heads"], linear_dim=c["dv"], attention_dim=c["dqk"],
+        normalization="rel_bias", linear_config="uvqk", linear_activation="silu",
+        linear_dropout_rate=0.2, attn_dropout_rate=0.0,
+        embedding_module=LocalEmbeddingModule(num_items=c["n_items"], item_embedding_dim=c["dim"]),
+        similarity_module=DotProductSimilarity(),
+        input_features_preproc_module=LearnablePositionalEmbeddingInputFeaturesPreprocessor(
+            max_sequence_len=c["maxlen"] + OUTPUT_SLOTS, embedding_dim=c["dim"], dropout_rate=0.2
+        ),
+        output_postproc_module=L2NormEmbeddingPostprocessor(embedding_dim=c["dim"], eps=1e-6),
+        verbose=False,
+    )  # fmt: skip
+    missing = model.load_state_dict(reference_state(record["weights"]), strict=False)
+    assert not missing.unexpected_keys, missing
+    assert not [k for k in missing.missing_keys if not k.endswith("_attn_mask")], missing
+    model.eval()
+    ids, lengths, ts, target_ts = (record[k] for k in ("ids", "lengths", "ts", "target_ts"))
+    batch = ids.shape[0]
+    past_ids = torch.cat([ids, torch.zeros(batch, OUTPUT_SLOTS, dtype=ids.dtype)], dim=1)
+    past_ts = torch.cat([ts, torch.zeros(batch, OUTPUT_SLOTS, dtype=ts.dtype)], dim=1)
+    past_ts.scatter_(1, lengths.view(-1, 1), target_ts.view(-1, 1))
+    with torch.no_grad():
+        out = model(
+            past_lengths=lengths, past_ids=past_ids,
+            past_embeddings=model.get_item_embeddings(past_ids),
+            past_payloads={"timestamps": past_ts},
+        )  # fmt: skip
+    torch.save({"out": out[:, : ids.shape[1]].contiguous()}, path.with_suffix(".ref.pt"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gr-src", default=os.environ.get("HSTU_GR_SRC"))
+    p.add_argument("--gr-python", default=os.environ.get("HSTU_GR_PYTHON"))
+    p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.child, Path(args.gr_src))
+        return 0
+    if not (args.gr_src and args.gr_python):
+        print("need --gr-src and --gr-python (or HSTU_GR_SRC / HSTU_GR_PYTHON)")
+        return 1
+    from recsys_pipeline.models.hstu import HSTUNet, HSTUParams
+    from recsys_pipeline.training.sequences import PAD
+
+    worst = 0.0
+    for heads, dqk, dv in ((1, 16, 16), (2, 8, 12)):
+        params = HSTUParams(maxlen=20, hidden_units=16, num_blocks=2, num_heads=heads, dqk=dqk,
+                            dv=dv, output_slots=OUTPUT_SLOTS)  # fmt: skip
+        torch.manual_seed(0)
+        net = HSTUNet(50, params)
+        with torch.no_grad():  # large random weights: a wrong formula shows
+            for w in net.parameters():
+                w.add_(torch.randn_like(w) * 0.3)
+        net.eval()
+        generator = torch.Generator().manual_seed(1)
+        lengths = torch.tensor([20, 7, 1, 13])
+        ids = torch.zeros(4, 20, dtype=torch.long)
+        ts = torch.zeros(4, 20, dtype=torch.long)
+        target_ts = torch.zeros(4, dtype=torch.long)
+        for row, n in enumerate(lengths.tolist()):
+            ids[row, :n] = torch.randint(1, 51, (n,), generator=generator)
+            stamps = torch.sort(torch.randint(0, 10**7, (n + 1,), generator=generator)).values
+            ts[row, :n], target_ts[row] = stamps[:n], stamps[n]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "batch.pt"
+            torch.save({"weights": net.state_dict(), "ids": ids, "lengths": lengths, "ts": ts,
+                        "target_ts": target_ts,
+                        "config": {"maxlen": 20, "dim": 16, "blocks": 2, "heads": heads,
+                                   "dqk": dqk, "dv": dv, "n_items": 50}}, path)  # fmt: skip
+            subprocess.run([args.gr_python, __file__, "--child", str(path), "--gr-src",
+                            str(Path(args.gr_src).resolve())], check=True)  # fmt: skip
+            reference = torch.load(path.with_suffix(".ref.pt"), weights_only=True)["out"]
+        items = torch.where(ids > 0, ids - 1, torch.full_like(ids, PAD))
+        query = torch.cat([ts[:, 1:], torch.zeros(4, 1, dtype=ts.dtype)], dim=1)
+        query[torch.arange(4), lengths - 1] = target_ts  # the next item's time; last: target's
+        with torch.no_grad():
+            ours = net(items, ts, query)
+        for row, n in enumerate(lengths.tolist()):
+            diff = (ours[row, :n] - reference[row, :n]).abs().max().item()
+            worst = max(worst, diff)
+        print(f"heads {heads}, dqk {dqk}, dv {dv}: max |ours - reference| at real positions "
+              f"{worst:.2e}")  # fmt: skip
+    print("OK" if worst < 1e-5 else "DIFFERENT")
+    return 0 if worst < 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
