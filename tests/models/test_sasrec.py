@@ -445,3 +445,23 @@ def test_length_buckets_and_cpu_bf16_train(option: dict) -> None:
     model = SASRec(params).fit(train, progress=False)
     result = evaluate_last_item(model, test, user_key="SessionId", exclude_history=False)
     assert result["recall@5"] >= 0.9, (option, dict(result))
+
+
+def test_l2_norm_gives_cosine_scores_and_still_learns() -> None:
+    """generative-recommenders' SASRec setting: L2-normalised queries and items, sampled
+    softmax at temperature 0.05."""
+    train = successor_sessions(20, 300, seed=1)
+    params = SASRecParams(maxlen=8, hidden_units=16, num_epochs=15, loss="sampled_softmax",
+                          n_negatives=16, temperature=0.05, l2_norm=True, dropout_rate=0.1,
+                          lr=0.005, device="cpu", seed=1)  # fmt: skip
+    model = SASRec(params).fit(train, progress=False)
+    test = successor_sessions(20, 60, seed=2, first_session_id=10**6, t0=10**7)
+    result = evaluate_last_item(model, test, user_key="SessionId", cutoffs=(1,))
+    assert result["recall@1"] > 0.8, result
+    items = np.array([[1, 2, 3], [PAD, PAD, 4]])
+    batch = SequenceBatch.from_numpy(items, np.array([3, 1]), np.full_like(items, PAD), None,
+                                     None, "left")  # fmt: skip
+    query = model.encode(batch, last_only=True)
+    torch.testing.assert_close(torch.linalg.norm(query, dim=-1), torch.ones(2))
+    table = F.normalize(model._network().item_table(), dim=-1)
+    torch.testing.assert_close(model.score(table[:3]), table[:3] @ table.T)

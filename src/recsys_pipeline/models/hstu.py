@@ -64,7 +64,7 @@ from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
 from recsys_pipeline.models.sequence_model import SequenceTransformer
-from recsys_pipeline.training.losses import sampled_softmax_loss, uniform_negatives
+from recsys_pipeline.training.losses import l2_normalize, sampled_softmax_loss, uniform_negatives
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
 from recsys_pipeline.training.session_iterator import SessionData
 
@@ -186,11 +186,6 @@ def time_buckets(dt: torch.Tensor, n_buckets: int = _N_BUCKETS) -> torch.Tensor:
     ``clamp(floor(ln(max(|dt|, 1)) / 0.301), 0, n_buckets)`` (long, same shape)."""
     value = torch.log(dt.abs().clamp(min=1).to(torch.float32)) / _BUCKET_LOG_BASE
     return value.long().clamp(0, n_buckets)
-
-
-def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """``x / max(|x|, 1e-6)`` over the last dimension (the reference's L2 normalisation)."""
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=_LN_EPS)
 
 
 def _truncated_normal_(
@@ -329,12 +324,12 @@ class HSTUNet(nn.Module):
             norm = (positions + 1).to(x.dtype).unsqueeze(1)  # [L, 1]
         for layer in self.layers:
             x = layer(x, causal, norm, times, query_times) * valid
-        return _l2_normalize(x) * valid
+        return l2_normalize(x) * valid
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """L2-normalised embeddings ``[stop - start, D]`` of item indices ``start .. stop - 1``."""
         stop = self.n_items if stop is None else stop
-        return _l2_normalize(self.item_emb.weight[1 + start : 1 + stop])
+        return l2_normalize(self.item_emb.weight[1 + start : 1 + stop])
 
     def grow_items(self, n_new: int, generator: torch.Generator) -> list[str]:
         """Append ``n_new`` item rows (truncated normal, std 0.02) for fine-tuning."""
@@ -420,8 +415,8 @@ class HSTU(SequenceTransformer):
             )
             loss = sampled_softmax_loss(
                 query.float(),
-                _l2_normalize(net.item_emb(positives + 1)).float(),
-                _l2_normalize(net.item_emb(negatives + 1)).float(),
+                l2_normalize(net.item_emb(positives + 1)).float(),
+                l2_normalize(net.item_emb(negatives + 1)).float(),
                 pos_ids=positives,
                 neg_ids=negatives,
                 temperature=p.temperature,

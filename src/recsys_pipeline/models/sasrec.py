@@ -73,6 +73,7 @@ from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_ro
 from recsys_pipeline.training.losses import (
     bce_negative_loss,
     full_softmax_cross_entropy,
+    l2_normalize,
     popularity_negatives,
     sampled_softmax_loss,
     uniform_negatives,
@@ -113,6 +114,9 @@ class SASRecParams(ModelParams):
         temperature: ``sampled_softmax``: logits are divided by it.
         logq: ``sampled_softmax``: subtract the log sampling probability (logQ correction).
         label_smoothing: ``ce``: torch's label smoothing.
+        l2_norm: L2-normalise the queries and the item embeddings (eps 1e-6) in the loss and
+            the scores: cosine scores, generative-recommenders' SASRec setting (with
+            ``loss="sampled_softmax"``, 128 negatives, ``temperature`` 0.05).
         norm_first: ``True``: the original query-only pre-LN block; ``False``: post-LN.
         attend_padding: pmixer's network (commit 9f6a02b): every row left padded to
             ``maxlen`` and the padding computed like real positions, attended and attending
@@ -155,6 +159,7 @@ class SASRecParams(ModelParams):
     temperature: float = 1.0
     logq: bool = False
     label_smoothing: float = 0.0
+    l2_norm: bool = False
     norm_first: bool = True
     attend_padding: bool = False
     out_projection: bool = False
@@ -527,12 +532,17 @@ class SASRec(SequenceTransformer):
         net = self._network()
         items = batch.items[:, -self.maxlen :].to(self.device)
         out = net(items)
+        if self.params.l2_norm:
+            out = l2_normalize(out) * (items >= 0).unsqueeze(-1)
         return out[:, -1] if last_only else out
 
     @torch.no_grad()
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Scores ``[N, stop - start]``: dot products with the item table (no bias)."""
+        """Scores ``[N, stop - start]``: dot products with the item table (no bias; cosines
+        with ``l2_norm``)."""
         table = self._network().item_table(start, stop)
+        if self.params.l2_norm:
+            table = l2_normalize(table)
         return query.to(table.dtype) @ table.T
 
 
@@ -554,6 +564,8 @@ def _loss_function(
         query = out[labelled]  # [N, D]
         positives = batch.targets[labelled]  # [N] item indices
         n = len(positives)
+        norm = l2_normalize if p.l2_norm else (lambda x: x)
+        query = norm(query)
         if p.loss == "bce":
             assert batch.sequence is not None
             negatives = uniform_negatives_excluding(
@@ -563,11 +575,11 @@ def _loss_function(
                 generator,
                 users=batch.sequence,
             )[labelled]  # [N]: one per position, outside the user's training items
-            pos_logits = torch.linalg.vecdot(query, net.item_emb(positives + 1))
-            neg_logits = torch.linalg.vecdot(query, net.item_emb(negatives + 1))
+            pos_logits = torch.linalg.vecdot(query, norm(net.item_emb(positives + 1)))
+            neg_logits = torch.linalg.vecdot(query, norm(net.item_emb(negatives + 1)))
             loss = bce_negative_loss(pos_logits, neg_logits)
         elif p.loss == "ce":
-            logits = query @ net.item_table().T  # [N, n_items]
+            logits = query @ norm(net.item_table()).T  # [N, n_items]
             loss = full_softmax_cross_entropy(
                 logits.float(), positives, label_smoothing=p.label_smoothing
             )
@@ -582,8 +594,8 @@ def _loss_function(
                 pos_log_q = (probs / probs.sum()).log()[positives].to(log_q.dtype)
             loss = sampled_softmax_loss(
                 query.float(),
-                net.item_emb(positives + 1).float(),
-                net.item_emb(negatives + 1).float(),
+                norm(net.item_emb(positives + 1)).float(),
+                norm(net.item_emb(negatives + 1)).float(),
                 pos_ids=positives,
                 neg_ids=negatives,
                 temperature=p.temperature,

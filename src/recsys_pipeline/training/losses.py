@@ -51,6 +51,7 @@ __all__ = [
     "bpr_max_loss",
     "cross_entropy_loss",
     "full_softmax_cross_entropy",
+    "l2_normalize",
     "logq_correction",
     "popularity_negatives",
     "sampled_softmax_loss",
@@ -62,6 +63,14 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -1
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / max(|x|, eps)`` over the last dimension (generative-recommenders' L2
+    normalisation of queries and item embeddings: cosine scores)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=eps)
+
+
 """Target of a position without a target (padding, unmasked positions) in
 :func:`full_softmax_cross_entropy`."""
 
