@@ -1,5 +1,6 @@
 """Project hooks: a lock so that two ``retrain`` runs never overlap; a run journal so that a
-failed, interrupted or killed run leaves no new version behind (:class:`RunJournalHook`)."""
+failed, interrupted or killed run leaves no new version behind (:class:`RunJournalHook`); the
+MLflow run's name and tags (:class:`MlflowRunTagsHook`)."""
 
 from __future__ import annotations
 
@@ -267,3 +268,85 @@ def recover_killed_runs() -> list[dict[str, Any]]:
     if JOURNAL_DIR.exists():
         prune_empty(JOURNAL_DIR, JOURNAL_DIR.parent)
     return recovered
+
+
+# ---------------------------------------------------------------------------- MLflow run tags
+
+
+def run_identity(pipeline_names: list[str], namespaces: list[str]) -> dict[str, str]:
+    """Name and tags of a run from its pipelines and the namespaces of its nodes
+    (``<dataset>`` or ``<dataset>.<model>``): ``run_name`` ``<model>-<dataset>`` when the run
+    trains one model on one dataset, else the datasets (or pipelines) joined; ``dataset``,
+    ``model`` (comma-separated when several) and ``pipeline``."""
+    datasets = sorted({n.split(".")[0] for n in namespaces if n})
+    models = sorted({n.split(".")[1] for n in namespaces if n.count(".") >= 1})
+    pipelines = [p for p in pipeline_names if p] or ["__default__"]
+    if len(datasets) == 1 and len(models) == 1:
+        name = f"{models[0]}-{datasets[0]}"
+    elif datasets:
+        name = "+".join(pipelines) + ":" + ",".join(datasets)
+    else:
+        name = "+".join(pipelines)
+    tags = {"run_name": name, "pipeline": ",".join(pipelines)}
+    if datasets:
+        tags["dataset"] = ",".join(datasets)
+    if models:
+        tags["model"] = ",".join(models)
+    return tags
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The checkout's commit (with ``-dirty`` when it has changes), ``None`` outside git."""
+    import subprocess
+
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def runner_name(runner: Any) -> str:
+    """The runner's class name from Kedro's ``run_params["runner"]`` (the class name, or the
+    object's repr ``<kedro.runner....SequentialRunner object at 0x...>``, or ``"None"`` when
+    the session used its default, ``SequentialRunner``)."""
+    import re
+
+    if runner is not None and not isinstance(runner, str):
+        return type(runner).__name__
+    text = str(runner or "")
+    match = re.search(r"(\w+) object at 0x", text)
+    if match:
+        return match.group(1)
+    return "SequentialRunner" if text in ("", "None") else text
+
+
+class MlflowRunTagsHook:
+    """Names the MLflow run that kedro-mlflow opened (``<model>-<dataset>`` instead of the
+    pipeline name) and tags it with ``dataset``, ``model``, ``pipeline``, the git commit
+    (``mlflow.source.git.commit``) and the runner's class name (kedro-mlflow tags the runner
+    object's repr). kedro-mlflow's ``before_pipeline_run`` runs first (plugin hooks are
+    registered after the project's and called first), so its run is active here."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or ""]
+        namespaces = [node.namespace or "" for node in pipeline.nodes]
+        tags = run_identity(list(names), namespaces)
+        name = tags.pop("run_name")
+        tags["runner"] = runner_name(run_params.get("runner"))
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        mlflow.set_tags({"mlflow.runName": name, **tags})

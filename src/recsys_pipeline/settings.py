@@ -13,10 +13,10 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 
-from recsys_pipeline.hooks import RetrainLockHook, RunJournalHook  # noqa: E402
+from recsys_pipeline.hooks import MlflowRunTagsHook, RetrainLockHook, RunJournalHook  # noqa: E402
 from recsys_pipeline.kedro_ext.session_store import UniqueSessionStore  # noqa: E402
 
-HOOKS = (RetrainLockHook(), RunJournalHook())
+HOOKS = (RetrainLockHook(), RunJournalHook(), MlflowRunTagsHook())
 # Session ids (the save version of every versioned dataset) unique among runs of the project,
 # e.g. tuning workers started in the same millisecond (session_store.py).
 SESSION_STORE_CLASS = UniqueSessionStore
