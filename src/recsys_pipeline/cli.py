@@ -65,13 +65,13 @@ def _run(**kwargs: Any) -> Any:
         raise click.ClickException(f"{type(cause).__name__}: {cause}") from None
 
 
-cli.add_command(
-    click.Command(
-        name="run",
-        params=kedro_run.params,
-        callback=_run,
-        help=kedro_run.help,
-        short_help=kedro_run.short_help,
-        context_settings=kedro_run.context_settings,
-    )
+#: ``kedro run`` (and ``python -m recsys_pipeline``, which asks Kedro's ``find_run_command``)
+run = click.Command(
+    name="run",
+    params=kedro_run.params,
+    callback=_run,
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
+    context_settings=kedro_run.context_settings,
 )
+cli.add_command(run)

@@ -408,12 +408,13 @@ def test_tool_does_not_import_kedro_and_kedro_still_finds_its_run_command():
     proc = run_subprocess([sys.executable, "-c", code])
     assert proc.stdout.strip() == "False", proc.stderr
 
-    # Kedro imports `<package>.cli` as the project's CLI when it exists; the project has none
-    # (its tools live in `commands/`), so every `kedro` command is Kedro's own
-    import importlib.util
-
+    # Kedro imports `<package>.cli` as the project's CLI: its `run` is Kedro's own command
+    # (same options) behind the one-line error wrapper (the tools live in `commands/`)
     from kedro.framework.cli.project import run as kedro_run
     from kedro.framework.cli.utils import find_run_command
 
-    assert importlib.util.find_spec("recsys_pipeline.cli") is None
-    assert find_run_command("recsys_pipeline") is kedro_run
+    from recsys_pipeline import cli
+
+    found = find_run_command("recsys_pipeline")
+    assert found.callback is cli._run
+    assert [o.name for o in found.params] == [o.name for o in kedro_run.params]
