@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows
+from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows, grown_table
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -300,10 +300,7 @@ class BERT4RecNet(nn.Module):
         the grown parameters."""
         old = self.item_emb.weight.detach()
         rows = glorot_rows(n_new, old.shape[0], old.shape[1], generator)
-        table = nn.Embedding(old.shape[0] + n_new, old.shape[1], padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
-        self.item_emb = table
+        self.item_emb = grown_table(old, rows)
         self.out_bias = nn.Parameter(torch.cat([self.out_bias.detach(),
                                                 self.out_bias.new_zeros(n_new)]))  # fmt: skip
         return ["item_emb.weight", "out_bias"]

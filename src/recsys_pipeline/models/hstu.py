@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer
+from recsys_pipeline.models.sequence_model import SequenceTransformer, grown_table
 from recsys_pipeline.training.losses import l2_normalize, sampled_softmax_loss, uniform_negatives
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
 from recsys_pipeline.training.session_iterator import SessionData
@@ -336,10 +336,7 @@ class HSTUNet(nn.Module):
         old = self.item_emb.weight.detach()
         rows = torch.empty(n_new, old.shape[1])
         _truncated_normal_(rows, 0.02, generator)
-        table = nn.Embedding(old.shape[0] + n_new, old.shape[1], padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
-        self.item_emb = table
+        self.item_emb = grown_table(old, rows)
         return ["item_emb.weight"]
 
 
@@ -371,19 +368,7 @@ class HSTU(SequenceTransformer):
     def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
         if data.times is None and self.params.relative_bias == "time_position":
             logger.info("HSTU: the data has no timestamps; the relative bias is positional only")
-        return SequenceBatcher(
-            data,
-            batch_size=self.params.batch_size,
-            maxlen=self.params.maxlen,
-            mode="causal",
-            padding="right",
-            fixed_length=False,
-            long="last",
-            min_length=2,
-            bucket=self.params.bucket,
-            seed=seed,
-            device=self.device,
-        )
+        return self._causal_batcher(data, seed)
 
     def _make_optimizer(self, net: nn.Module, lr: float, n_steps: int) -> tuple[Any, None]:
         optimizer = torch.optim.AdamW(

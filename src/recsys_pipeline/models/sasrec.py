@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows
+from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows, grown_table
 from recsys_pipeline.training.losses import (
     bce_negative_loss,
     full_softmax_cross_entropy,
@@ -450,10 +450,7 @@ class SASRecNet(nn.Module):
         """Append ``n_new`` Glorot-uniform item rows (fine-tuning); the grown parameters."""
         old = self.item_emb.weight.detach()
         rows = glorot_rows(n_new, old.shape[0], old.shape[1], generator)
-        table = nn.Embedding(old.shape[0] + n_new, old.shape[1], padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
-        self.item_emb = table
+        self.item_emb = grown_table(old, rows)
         return ["item_emb.weight"]
 
     def l2_penalty(self) -> torch.Tensor:
@@ -488,19 +485,7 @@ class SASRec(SequenceTransformer):
         return SASRecNet(n_items, self.params)
 
     def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
-        return SequenceBatcher(
-            data,
-            batch_size=self.params.batch_size,
-            maxlen=self.params.maxlen,
-            mode="causal",
-            padding="left",
-            fixed_length=False,
-            long="last",
-            min_length=2,
-            bucket=self.params.bucket,
-            seed=seed,
-            device=self.device,
-        )
+        return self._causal_batcher(data, seed)
 
     def _make_optimizer(self, net: nn.Module, lr: float, n_steps: int) -> tuple[Any, None]:
         optimizer = torch.optim.Adam(

@@ -105,6 +105,23 @@ class SequenceTransformer(Recommender):
     def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
         """The training batches of ``data``."""
 
+    def _causal_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
+        """Next-item training batches (every position's target is the next item; the last
+        ``maxlen + 1`` items of a longer sequence), padded on the model's ``padding`` side."""
+        return SequenceBatcher(
+            data,
+            batch_size=self.params.batch_size,
+            maxlen=self.params.maxlen,
+            mode="causal",
+            padding=self.padding,
+            fixed_length=False,
+            long="last",
+            min_length=2,
+            bucket=self.params.bucket,
+            seed=seed,
+            device=self.device,
+        )
+
     @abstractmethod
     def _make_optimizer(
         self, net: nn.Module, lr: float, n_steps: int
@@ -456,6 +473,15 @@ def glorot_rows(n_new: int, old_rows: int, dim: int, generator: torch.Generator)
     """``[n_new, dim]`` Glorot-uniform rows for a table growing from ``old_rows`` rows."""
     bound = math.sqrt(6.0 / (old_rows + n_new + dim))
     return (torch.rand(n_new, dim, generator=generator) * 2 - 1) * bound
+
+
+def grown_table(old: torch.Tensor, rows: torch.Tensor) -> nn.Embedding:
+    """An item table (padding row 0) holding ``old [N, D]`` followed by ``rows [n_new, D]``,
+    on ``old``'s device and dtype (fine-tuning with item growth)."""
+    table = nn.Embedding(old.shape[0] + rows.shape[0], old.shape[1], padding_idx=0).to(old.device)
+    with torch.no_grad():
+        table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
+    return table
 
 
 def optimizer_state_by_name(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer
+from recsys_pipeline.models.sequence_model import SequenceTransformer, grown_table
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -224,10 +224,7 @@ class XLNetMLMNet(nn.Module):
         old = self.item_emb.weight.detach()
         std = float(old[1:].std()) if old.shape[0] > 2 else 0.1
         rows = torch.randn(n_new, old.shape[1], generator=generator) * std
-        table = nn.Embedding(old.shape[0] + n_new, old.shape[1], padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, rows.to(old.device, old.dtype)]))
-        self.item_emb = table
+        self.item_emb = grown_table(old, rows)
         return ["item_emb.weight"]
 
 
