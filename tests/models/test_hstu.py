@@ -124,13 +124,14 @@ def test_attention_is_pointwise_silu_over_n_without_softmax() -> None:
         layer.uvqk[:, 16:] = 0.0  # q and k columns (after u, v: 2 heads x 4 each): qk = 0
     times = torch.arange(10).view(2, 5) * 100
     query = times + 50
-    bias = layer.bias(5, times, query)
+    buckets = time_buckets(query.unsqueeze(2) - times.unsqueeze(1))
+    bias = layer.bias(5, buckets)
     weights = F.silu(bias) / net.n * causal  # [2, 5, 5]
     normed = F.layer_norm(x, (8,), eps=1e-6)
     u, v = torch.split(F.silu(normed @ layer.uvqk[:, :16]), [8, 8], -1)
     attended = torch.einsum("bnm,bmhd->bnhd", weights, v.view(2, 5, 2, 4)).reshape(2, 5, 8)
     expected = layer.out(u * F.layer_norm(attended, (8,), eps=1e-6)) + x
-    torch.testing.assert_close(layer(x, causal, float(net.n), times, query), expected)
+    torch.testing.assert_close(layer(x, causal, float(net.n), buckets), expected)
 
 
 def test_division_by_the_padded_width_or_the_true_length() -> None:

@@ -28,6 +28,7 @@ from recsys_pipeline.training.losses import (
     logq_correction,
     popularity_negatives,
     sampled_softmax_loss,
+    table_logits,
     top1_loss,
     top1_max_loss,
     uniform_negatives,
@@ -677,3 +678,32 @@ def test_excluding_offset_padding_and_full_history(caplog: pytest.LogCaptureFixt
         uniform_negatives_excluding(5, (3, 4), histories)
     empty = uniform_negatives_excluding(5, (2, 3), torch.zeros(2, 0, dtype=torch.long))
     assert empty.shape == (2, 3)
+
+
+@pytest.mark.parametrize("n_items", [20, 200])  # <= K * D: one product and a gather; > : bmm
+def test_table_logits_and_the_table_loss_equal_gathered_copies(n_items: int) -> None:
+    """The negatives' logits from a table (either path) are those of gathered copies, and so
+    is the loss and every gradient (HSTU's and SASRec's sampled softmax)."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, d = 30, 4, 8
+    weight = torch.randn(n_items, d, generator=gen, requires_grad=True)
+    query = torch.randn(n, d, generator=gen, requires_grad=True)
+    pos = torch.randint(0, n_items, (n,), generator=gen)
+    neg = torch.randint(0, n_items, (n, k), generator=gen)
+    neg[0, 0] = pos[0]  # an accidental hit, masked either way
+    expected = torch.einsum("nd,nkd->nk", query, weight[neg])
+    torch.testing.assert_close(table_logits(query, weight, neg), expected)
+    shared = neg[0]
+    torch.testing.assert_close(table_logits(query, weight, shared), query @ weight[shared].T)
+    grads = []
+    for use_table in (False, True):
+        table = F.normalize(weight, dim=-1)
+        extra = {"table": table} if use_table else {"neg_emb": table[neg]}
+        loss = sampled_softmax_loss(
+            query, table[pos], pos_ids=pos, neg_ids=neg, temperature=0.05, **extra
+        )
+        grads.append((loss.detach(), *torch.autograd.grad(loss, (weight, query))))
+    for ours, gathered in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, gathered)
+    with pytest.raises(ValueError, match="table goes with neg_ids"):
+        sampled_softmax_loss(query, weight[pos], pos_ids=pos, table=weight)

@@ -208,15 +208,13 @@ class _RelativeBias(nn.Module):
             nn.Parameter(torch.empty(_N_BUCKETS + 1).normal_(0.0, 0.02)) if use_time else None
         )
 
-    def forward(
-        self, length: int, times: torch.Tensor | None, query_times: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``[1 or B, L, L]``: bias of query ``i`` for key ``j``."""
+    def forward(self, length: int, buckets: torch.Tensor | None) -> torch.Tensor:
+        """``[1 or B, L, L]``: bias of query ``i`` for key ``j``; ``buckets [B, L, L]`` the
+        time bucket of each pair (None: positions only)."""
         index = torch.arange(length, device=self.pos_w.device)
         bias = self.pos_w[index.unsqueeze(0) - index.unsqueeze(1) + self.n - 1].unsqueeze(0)
-        if self.ts_w is not None and times is not None and query_times is not None:
-            dt = query_times.unsqueeze(2) - times.unsqueeze(1)  # [B, L, L]: t(after i) - t(j)
-            bias = bias + self.ts_w[time_buckets(dt)]
+        if self.ts_w is not None and buckets is not None:
+            bias = bias + self.ts_w[buckets]
         return bias
 
 
@@ -241,11 +239,11 @@ class _HSTULayer(nn.Module):
         x: torch.Tensor,
         causal: torch.Tensor,
         norm: torch.Tensor | float,
-        times: torch.Tensor | None,
-        query_times: torch.Tensor | None,
+        buckets: torch.Tensor | None,
     ) -> torch.Tensor:
         """``x [B, L, D]`` -> ``[B, L, D]``; ``causal [L, L]`` (1 at ``j <= i``), ``norm``
-        scalar or ``[L, 1]`` (per query position)."""
+        scalar or ``[L, 1]`` (per query position), ``buckets [B, L, L]`` time buckets or
+        None."""
         batch, length, dim = x.shape
         h, dqk, dv = self.heads, self.dqk, self.dv
         projected = F.silu(F.layer_norm(x, (dim,), eps=_LN_EPS) @ self.uvqk)
@@ -254,7 +252,7 @@ class _HSTULayer(nn.Module):
             "bnhd,bmhd->bhnm", q.view(batch, length, h, dqk), k.view(batch, length, h, dqk)
         )  # [B, h, L, L]
         if self.bias is not None:
-            scores = scores + self.bias(length, times, query_times).unsqueeze(1)
+            scores = scores + self.bias(length, buckets).unsqueeze(1)
         weights = F.silu(scores) / norm * causal  # pointwise: no softmax, no 1/sqrt(dqk)
         attended = torch.einsum("bhnm,bmhd->bnhd", weights, v.view(batch, length, h, dv))
         attended = attended.reshape(batch, length, h * dv)
@@ -280,6 +278,7 @@ class HSTUNet(nn.Module):
         self.pos_emb = nn.Embedding(self.n, d)
         self.emb_drop = nn.Dropout(params.dropout_rate)
         self.layers = nn.ModuleList(_HSTULayer(params, self.n) for _ in range(params.num_blocks))
+        self.uses_time = params.relative_bias == "time_position"
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -322,8 +321,12 @@ class HSTUNet(nn.Module):
         norm: torch.Tensor | float = float(self.n)
         if self.attention_norm == "length":  # position i attends i + 1 items
             norm = (positions + 1).to(x.dtype).unsqueeze(1)  # [L, 1]
+        buckets = None  # computed once, read by every layer's time bias
+        if self.uses_time and times is not None and query_times is not None:
+            # [B, L, L]: bucket of t(after i) - t(j), in int64 seconds before the log
+            buckets = time_buckets(query_times.unsqueeze(2) - times.unsqueeze(1))
         for layer in self.layers:
-            x = layer(x, causal, norm, times, query_times) * valid
+            x = layer(x, causal, norm, buckets) * valid
         return l2_normalize(x) * valid
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -398,12 +401,15 @@ class HSTU(SequenceTransformer):
             negatives, _ = uniform_negatives(
                 net.n_items, (len(positives), p.n_negatives), generator
             )
+            # rows normalised once per step, then gathered (the same values as normalising
+            # each gathered copy, without the [N, K, D] copies: losses.table_logits)
+            table = net.item_table().float()  # [I, D], L2-normalised
             loss = sampled_softmax_loss(
                 query.float(),
-                l2_normalize(net.item_emb(positives + 1)).float(),
-                l2_normalize(net.item_emb(negatives + 1)).float(),
+                table[positives],
                 pos_ids=positives,
                 neg_ids=negatives,
+                table=table,
                 temperature=p.temperature,
             )
             return loss, len(positives)

@@ -577,12 +577,13 @@ def _loss_function(
                 negatives, log_q = popularity_negatives(support, p.alpha, shape, generator)
                 probs = support.double().pow(p.alpha)
                 pos_log_q = (probs / probs.sum()).log()[positives].to(log_q.dtype)
+            table = norm(net.item_table().float())  # [I, D], rows normalised once
             loss = sampled_softmax_loss(
                 query.float(),
-                norm(net.item_emb(positives + 1)).float(),
-                norm(net.item_emb(negatives + 1)).float(),
+                table[positives],
                 pos_ids=positives,
                 neg_ids=negatives,
+                table=table,
                 temperature=p.temperature,
                 pos_log_q=pos_log_q if p.logq else None,
                 neg_log_q=log_q if p.logq else None,
