@@ -18,6 +18,7 @@ from recsys_pipeline.datasets.base import RawDataError
 from recsys_pipeline.evaluation.evaluate import NoTargetsError
 from recsys_pipeline.models.persistence import ModelFolderError
 from recsys_pipeline.operations.ingest import ManifestError, RetrainLockedError
+from recsys_pipeline.pipelines.compare.nodes import CompareError
 from recsys_pipeline.preprocessing.protocol import EmptySplitError
 from recsys_pipeline.tuning.space import SpaceError
 from recsys_pipeline.tuning.study import TuningError
@@ -34,6 +35,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     TuningError,
     ManifestError,
     RetrainLockedError,
+    CompareError,
 )
 
 

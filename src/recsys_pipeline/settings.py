@@ -15,6 +15,7 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 
 from recsys_pipeline.hooks import MlflowRunTagsHook, RetrainLockHook, RunJournalHook  # noqa: E402
 from recsys_pipeline.kedro_ext.session_store import UniqueSessionStore  # noqa: E402
+from recsys_pipeline.pipelines.compare.splits import compare_split  # noqa: E402
 
 HOOKS = (RetrainLockHook(), RunJournalHook(), MlflowRunTagsHook())
 # Session ids (the save version of every versioned dataset) unique among runs of the project,
@@ -27,4 +28,6 @@ CONFIG_LOADER_ARGS = {
     # keys they change (Kedro's default "destructive" merge replaces a whole top-level block,
     # and then drops its other keys, e.g. `synthetic.format`, when `--params` sets one key).
     "merge_strategy": {"parameters": "soft"},
+    # catalog.yml: the split files of `compare.dataset` (pipelines/compare/splits.py)
+    "custom_resolvers": {"compare_split": compare_split},
 }

@@ -16,6 +16,7 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from recsys_pipeline.evaluation import evaluate  # noqa: E402
+from recsys_pipeline.evaluation.evaluate import EvaluationResult  # noqa: E402
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular  # noqa: E402
 from recsys_pipeline.models.registry import (  # noqa: E402
     create_model,
@@ -90,8 +91,10 @@ def train_model(
     return model, history, tracked
 
 
-def _evaluate_one(model: Any, test: pl.DataFrame, settings: dict[str, Any]) -> dict[str, float]:
-    result = evaluate(
+def evaluate_one(model: Any, test: pl.DataFrame, settings: dict[str, Any]) -> EvaluationResult:
+    """One model on ``test`` under the session protocol of ``settings``
+    (``params:evaluation``); the result's ``label()`` names the protocol."""
+    return evaluate(
         model,
         test,
         cutoffs=tuple(settings["cutoffs"]),
@@ -101,7 +104,6 @@ def _evaluate_one(model: Any, test: pl.DataFrame, settings: dict[str, Any]) -> d
         progress=settings.get("progress", True),
         min_targets=int(settings.get("min_targets", 1)),
     )
-    return {k: float(v) for k, v in dict(result).items()}
 
 
 def evaluate_models(
@@ -123,7 +125,10 @@ def evaluate_models(
         "most_popular": MostPopular.fit(train_full),
         "last_item_cooccurrence": LastItemCooccurrence.fit(train_full),
     }
-    metrics = {name: _evaluate_one(m, test, settings) for name, m in candidates.items()}
+    metrics = {
+        name: {k: float(v) for k, v in evaluate_one(m, test, settings).items()}
+        for name, m in candidates.items()
+    }
     for name, values in metrics.items():
         shown = "  ".join(
             f"{k}={v:.4f}" for k, v in values.items() if k.startswith(("recall@", "mrr@"))

@@ -22,7 +22,11 @@ from typing import Any
 
 import polars as pl
 
-from recsys_pipeline.evaluation.last_item import capped_rank_metrics, evaluate_last_item
+from recsys_pipeline.evaluation.last_item import (
+    GR_MAX_RANK,
+    capped_rank_metrics,
+    evaluate_last_item,
+)
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
 from recsys_pipeline.pipelines.train.nodes import tracked_metrics, train_model
 
@@ -66,16 +70,17 @@ def train_sequence_model(
     )
 
 
-def _evaluate(
+def evaluate_protocol(
     model: Any,
     train: pl.DataFrame,
     valid: pl.DataFrame,
     test: pl.DataFrame,
     settings: dict[str, Any],
     protocol: str,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], str]:
     """One protocol: each user's test item after its training items and its validation item
-    (users without a test item, too short to split, are not scored)."""
+    (users without a test item, too short to split, are not scored). Frames keyed by
+    ``SessionId``. Returns ``{"<label>.<metric>": value}`` and the protocol in words."""
     inputs = train
     common = {
         "targets": test,
@@ -98,6 +103,7 @@ def _evaluate(
             **common,
         )  # fmt: skip
         n_targets, n_unknown = result["n_targets"], result["n_unknown_targets"]
+        words = f"{result.label()}, ranks beyond {GR_MAX_RANK:,} capped (generative-recommenders)"
         result = capped_rank_metrics(result.ranks, common["cutoffs"]) | {
             "n_targets": n_targets, "n_unknown_targets": n_unknown,
         }  # fmt: skip
@@ -105,7 +111,7 @@ def _evaluate(
         out = {f"{label}.{k}": float(v) for k, v in result.items() if "@" in k or "mrr" in k}
         out[f"{label}.n_targets"] = float(n_targets)
         out[f"{label}.n_unknown_targets"] = float(n_unknown)
-        return out
+        return out, words
     elif protocol == "sampled":
         result = evaluate_last_item(
             model,
@@ -122,7 +128,7 @@ def _evaluate(
     out = {f"{label}.{k}": float(v) for k, v in result.items() if "@" in k}
     out[f"{label}.n_targets"] = float(result["n_targets"])
     out[f"{label}.n_unknown_targets"] = float(result["n_unknown_targets"])  # not scored
-    return out
+    return out, result.label()
 
 
 def evaluate_sequence_models(
@@ -147,7 +153,7 @@ def evaluate_sequence_models(
     for name, candidate in candidates.items():
         values: dict[str, float] = {}
         for protocol in settings["protocols"]:
-            values |= _evaluate(candidate, train, valid, test, settings, protocol)
+            values |= evaluate_protocol(candidate, train, valid, test, settings, protocol)[0]
         metrics[name] = values
         shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items() if k.endswith("@10"))
         logger.info("%-24s %s", name, shown)
