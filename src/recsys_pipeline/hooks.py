@@ -1,6 +1,7 @@
 """Project hooks: a lock so that two ``retrain`` runs never overlap; a run journal so that a
 failed, interrupted or killed run leaves no new version behind (:class:`RunJournalHook`); the
-MLflow run's name and tags (:class:`MlflowRunTagsHook`)."""
+MLflow run's name and tags (:class:`MlflowRunTagsHook`); the summary printed at the end of a run
+(:class:`RunSummaryHook`)."""
 
 from __future__ import annotations
 
@@ -350,3 +351,81 @@ class MlflowRunTagsHook:
         if commit:
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags({"mlflow.runName": name, **tags})
+
+
+def _saved_path(catalog: Any, name: str) -> str | None:
+    """Where the run saved ``name`` (its version's file or folder), relative to the project, or
+    None (in memory, MLflow-only, or nothing there)."""
+    try:
+        dataset = catalog.get(name)
+        if isinstance(dataset, AbstractVersionedDataset):
+            path = Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))  # noqa: SLF001
+        else:
+            raw = getattr(dataset, "_filepath", None)
+            if raw is None:
+                return None
+            path = Path(str(raw))
+    except Exception:  # noqa: BLE001 - a dataset without a path is not an artifact
+        return None
+    if not path.exists():
+        return None
+    with contextlib.suppress(ValueError):
+        path = path.absolute().relative_to(Path.cwd())
+    return str(path)
+
+
+class RunSummaryHook:
+    """Prints one summary when a run that trains or evaluates ends (``run_summary.py``): the
+    metrics per model with the protocol named, the artifacts it wrote, and the MLflow run with
+    the command that opens it. Runs without metrics (preprocessing) print nothing. The summary
+    never fails a run."""
+
+    def __init__(self) -> None:
+        self._mlflow: tuple[str | None, str | None, str | None] = (None, None, None)
+        self._started = time.perf_counter()
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._started = time.perf_counter()
+        self._mlflow = (None, None, None)
+        with contextlib.suppress(Exception):
+            import mlflow
+
+            run = mlflow.active_run()  # kedro-mlflow's hook ran first (MlflowRunTagsHook)
+            if run is not None:
+                self._mlflow = (run.info.run_id, run.info.experiment_id, mlflow.get_tracking_uri())
+
+    @hook_impl
+    def after_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        try:
+            lines = self._lines(pipeline, catalog)
+        except Exception:  # noqa: BLE001 - a summary must never fail a finished run
+            logger.debug("no run summary", exc_info=True)
+            return
+        if lines:
+            print("\n".join(lines), flush=True)  # noqa: T201 - the run's console summary
+
+    def _lines(self, pipeline: Any, catalog: Any) -> list[str]:
+        from recsys_pipeline import run_summary as rs
+
+        outputs = sorted(pipeline.all_outputs())
+        tables: list[str] = []
+        for name in outputs:
+            if name == "compare.table":
+                metrics, words = rs.comparison_metrics(catalog.load(name))
+                tables += rs.metrics_table(name, metrics, words)
+            elif rs.is_metrics_output(name):
+                data = catalog.load(name)
+                if isinstance(data, dict):
+                    tables += rs.metrics_table(name, data)
+        if not tables:
+            return []
+        seconds = time.perf_counter() - self._started
+        artifacts = [(n, p) for n in outputs if (p := _saved_path(catalog, n))]
+        return [
+            "",
+            f"== run summary ({seconds:,.0f} s) ==",
+            *tables,
+            *rs.artifact_lines(artifacts),
+            *rs.mlflow_lines(*self._mlflow),
+        ]

@@ -13,11 +13,20 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 
-from recsys_pipeline.hooks import MlflowRunTagsHook, RetrainLockHook, RunJournalHook  # noqa: E402
+from recsys_pipeline.console import tidy_console  # noqa: E402
+
+tidy_console()  # plain console lines in a file or pipe; no unactionable warnings
+
+from recsys_pipeline.hooks import (  # noqa: E402
+    MlflowRunTagsHook,
+    RetrainLockHook,
+    RunJournalHook,
+    RunSummaryHook,
+)
 from recsys_pipeline.kedro_ext.session_store import UniqueSessionStore  # noqa: E402
 from recsys_pipeline.pipelines.compare.splits import compare_split  # noqa: E402
 
-HOOKS = (RetrainLockHook(), RunJournalHook(), MlflowRunTagsHook())
+HOOKS = (RetrainLockHook(), RunJournalHook(), MlflowRunTagsHook(), RunSummaryHook())
 # Session ids (the save version of every versioned dataset) unique among runs of the project,
 # e.g. tuning workers started in the same millisecond (session_store.py).
 SESSION_STORE_CLASS = UniqueSessionStore

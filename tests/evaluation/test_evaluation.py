@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import polars as pl
@@ -478,12 +479,15 @@ def test_string_ids_and_errors() -> None:
         evaluate(TableModel(ids, table), test, batch_size=0, progress=False)
 
 
-def test_result_keys_and_progress_bar(capsys) -> None:
+def test_result_keys_and_progress_bar(capsys, monkeypatch) -> None:
     test = random_test(N_ITEMS, 5, seed=9)
+    evaluate(TableModel(ITEM_IDS, TABLE), test, cutoffs=(3, 7), progress=True)
+    assert capsys.readouterr().err == ""  # not a terminal: no bar (each refresh would be a line)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     result = evaluate(TableModel(ITEM_IDS, TABLE), test, cutoffs=(3, 7), progress=True)
     keys = {"recall@3", "mrr@3", "ndcg@3", "recall@7", "mrr@7", "ndcg@7"}
     keys |= {"n_targets", "n_sessions", "seconds", "targets_per_s"}
     assert set(result) == keys
     assert all(isinstance(v, float) for v in result.values())
     assert result.cutoffs == (3, 7)
-    assert "target" in capsys.readouterr().err
+    assert "targets/s" in capsys.readouterr().err  # on a terminal, with the unit spelled out

@@ -40,10 +40,14 @@ def _latest(project: Path, dataset: str, name: str) -> Path:
     return sorted((project / "data/08_reporting/compare" / dataset / name).glob(f"*/{name}"))[-1]
 
 
-def test_default_compare_ranks_every_next_item_model_and_the_baselines(prepared: Path):
+def test_default_compare_ranks_every_next_item_model_and_the_baselines(prepared: Path, capsys):
     """The default configuration (every registered next-item model with its ``synthetic``
-    block) on the generated sessions: one table, markdown, plot and MLflow run tree."""
+    block) on the generated sessions: one table, markdown, plot and MLflow run tree, and the
+    run's summary on the console."""
     run(prepared, "compare", session={"runtime_params": TINY})
+    summary = capsys.readouterr().out
+    assert summary.count("== run summary") == 1 and "compare.table: sessions: " in summary
+    assert "data/08_reporting/compare/synthetic/comparison.md" in summary
     table = catalog(prepared).load("compare.table")
     rows = {r["model"]: r for r in table["models"]}
     assert list(rows) == ["most_popular", "last_item_cooccurrence", *NEXT_ITEM]

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from recsys_pipeline.evaluation.metrics import MetricAccumulator
 from recsys_pipeline.evaluation.ranking import batch_ranks, seen_before
 from recsys_pipeline.models.base import SequenceEncoder
+from recsys_pipeline.progress import progress_bar
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 
 __all__ = ["encoder_rows", "run_batched"]
@@ -112,7 +112,7 @@ def run_batched(
     row_start, row_len, row_tail = row_start[keep], row_len[keep], row_tail[keep]
     items_t = torch.from_numpy(items).to(device)
     left = model.padding == "left"
-    bar = tqdm(total=int(is_target.sum()), unit="target", disable=not progress, desc="evaluate")
+    bar = progress_bar(int(is_target.sum()), "evaluate", "targets", enabled=progress)
     try:
         for rows in _batches(row_len, batch_size, _TOKEN_BUDGET):
             lengths = row_len[rows]

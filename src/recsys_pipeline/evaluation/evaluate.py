@@ -50,12 +50,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from recsys_pipeline.evaluation.batched import run_batched
 from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
 from recsys_pipeline.evaluation.ranking import batch_ranks, seen_before
 from recsys_pipeline.models.base import NextItemModel
+from recsys_pipeline.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def evaluate(
     if mode == "tiebreaking":
         rng = np.random.default_rng(seed)
         uniform_all = torch.from_numpy(rng.random(len(streams.items))).to(device)
-    logger.info(
+    logger.debug(
         "Evaluating %s: %d targets in %d sessions (%d streams), %d items, %d unknown test events "
         "dropped, mode=%s, batch_size=%d, item_chunk=%s",
         type(model).__name__,
@@ -439,7 +439,7 @@ def _run(
     pos = starts[:n_slots].copy()
     next_stream = n_slots
     state = model.initial_state(n_slots)
-    bar = tqdm(total=streams.n_targets, unit="target", disable=not progress, desc="evaluate")
+    bar = progress_bar(streams.n_targets, "evaluate", "targets", enabled=progress)
     try:
         while len(pos):
             n_rows = len(pos)

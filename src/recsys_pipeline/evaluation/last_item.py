@@ -87,13 +87,13 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from recsys_pipeline.evaluation.evaluate import EvaluationResult, NoTargetsError, item_index_map
 from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
 from recsys_pipeline.evaluation.ranking import batch_ranks, score_checked, seen_before
 from recsys_pipeline.evaluation.user_ranking import candidate_ranks, sampled_metric_names
 from recsys_pipeline.models.base import NextItemModel
+from recsys_pipeline.progress import progress_bar
 from recsys_pipeline.training.sequences import SequenceBatch, last_item_inputs
 from recsys_pipeline.training.session_iterator import SessionData, event_seconds
 
@@ -562,7 +562,7 @@ def evaluate_last_item(
     was_training = isinstance(model, torch.nn.Module) and model.training
     if was_training:
         model.eval()
-    bar = tqdm(total=n_rows, unit="target", disable=not progress, desc="evaluate last item")
+    bar = progress_bar(n_rows, "evaluate last item", "targets", enabled=progress)
     try:
         with torch.no_grad():
             if path == "batched":

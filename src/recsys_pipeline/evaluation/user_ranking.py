@@ -34,7 +34,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from recsys_pipeline.evaluation.metrics import (
     MetricAccumulator,
@@ -42,6 +41,7 @@ from recsys_pipeline.evaluation.metrics import (
     count_higher_equal,
     rank_from_counts,
 )
+from recsys_pipeline.progress import progress_bar
 from recsys_pipeline.training.interactions import _lookup
 
 logger = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def full_ranking(
     acc = MetricAccumulator(cutoffs, device=device)
     uniform_all = _uniforms(mode, len(users), seed)
     all_ranks = []
-    bar = tqdm(total=len(uniq), unit="user", disable=not progress, desc="full ranking")
+    bar = progress_bar(len(uniq), "full ranking", "users", enabled=progress)
     try:
         for a in range(0, len(uniq), user_chunk):
             b = min(a + user_chunk, len(uniq))

@@ -124,7 +124,7 @@ class MostPopular(_StatelessModel):
         """Count the training events per item of ``train`` (columns SessionId, ItemId, Time)."""
         item_ids, events = _index_training(train, session_key, item_key, time_key)
         support = np.bincount(events["_idx"].to_numpy(), minlength=len(item_ids))
-        logger.info("MostPopular: %d items from %d events", len(item_ids), train.height)
+        logger.debug("MostPopular: %d items from %d events", len(item_ids), train.height)
         return cls(item_ids, support, device)
 
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -224,7 +224,7 @@ class LastItemCooccurrence(_StatelessModel):
         indptr = np.zeros(n + 1, dtype=np.int64)
         indptr[1:] = np.cumsum(np.bincount(rows, minlength=n))
         support = np.bincount(idx, minlength=n)
-        logger.info(
+        logger.debug(
             "LastItemCooccurrence: %d items, %d transitions, %d distinct pairs",
             n,
             len(prev),

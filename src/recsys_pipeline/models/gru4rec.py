@@ -1000,13 +1000,13 @@ class GRU4Rec(Recommender):
         base_order = data.session_order(p.time_sort)
         order_rng = np.random.default_rng(seed + 1)
         logger.info(
-            "GRU4Rec: %d items, %d sessions, %d targets/epoch, device %s, %s",
+            "GRU4Rec: %d items, %d sessions, %d targets/epoch, device %s",
             data.n_items,
             data.n_sessions,
             iterator.n_targets,
             device,
-            p.to_string(),
         )
+        logger.debug("GRU4Rec parameters: %s", p.to_string())
         first_epoch = self.history[-1].epoch + 1 if self.history else 1
         last_epoch = first_epoch + n_epochs - 1
         fingerprint = _fingerprint(p, data, seed) if checkpoint is not None else ""

@@ -131,7 +131,7 @@ class FilterTrace:
         if sessions is not None:
             entry |= {"sessions": int(sessions), "items": int(items)}
         self.steps.append(entry)
-        logger.info("%-28s %12d events", step, events)
+        logger.debug("%-28s %12d events", step, events)  # the whole trace: filter_trace.json
 
     def add_frame(self, step: str, df: pl.DataFrame) -> None:
         """Record ``df``'s events, sessions and items."""

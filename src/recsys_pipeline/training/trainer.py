@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import torch
-from tqdm.auto import tqdm
+
+from recsys_pipeline.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ def run_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_batches = n_targets = 0
     checked_batches = 0  # mini-batches already checked (and shown)
-    bar = tqdm(
-        total=total, desc=f"{desc} epoch {epoch}", unit="batch", disable=not progress, leave=False
-    )
+    bar = progress_bar(total, f"{desc} epoch {epoch}", "batches", enabled=progress, leave=False)
     t0 = time.perf_counter()
 
     def check() -> float:
@@ -129,8 +128,10 @@ def run_epoch(
             elapsed = max(time.perf_counter() - t0, 1e-9)
             bar.update(n_batches - checked_batches)
             bar.set_postfix(
-                loss=f"{value / max(n_targets, 1):.4f}",
-                targets_s=f"{n_targets / elapsed:.0f}",
+                {
+                    "loss": f"{value / max(n_targets, 1):.4f}",
+                    "targets/s": f"{n_targets / elapsed:.0f}",
+                },
                 refresh=False,
             )
         checked_batches = n_batches

@@ -133,7 +133,7 @@ def evaluate_models(
         shown = "  ".join(
             f"{k}={v:.4f}" for k, v in values.items() if k.startswith(("recall@", "mrr@"))
         )
-        logger.info("%-24s %s", name, shown)
+        logger.debug("%-24s %s", name, shown)
     return metrics, tracked_metrics(metrics)
 
 

@@ -156,7 +156,7 @@ def evaluate_sequence_models(
             values |= evaluate_protocol(candidate, train, valid, test, settings, protocol)[0]
         metrics[name] = values
         shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items() if k.endswith("@10"))
-        logger.info("%-24s %s", name, shown)
+        logger.debug("%-24s %s", name, shown)
     return metrics, tracked_metrics(metrics)
 
 

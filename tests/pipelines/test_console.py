@@ -1,0 +1,46 @@
+"""What a user sees: the default ``kedro run`` as a process whose output goes to a pipe (as in
+CI or ``kedro run > log``): short, one line per message, no unactionable warning, Kedro's
+bookkeeping hidden, and one summary at the end."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.pipelines.test_train_gru4rec_pipeline import TINY
+
+
+def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(project: Path):
+    (project / "conf/local/parameters_tiny.yml").write_text(yaml.safe_dump(TINY))
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("kedro")), "run"],
+        cwd=project,
+        env=os.environ | {"KEDRO_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    assert len(lines) <= 60, output
+    assert max(len(line) for line in lines) <= 200, output
+    for hidden in ("Loading data from", "Running node", "UserWarning", "Add type hints",
+                   "Registering new custom resolver", "\x1b["):  # fmt: skip
+        assert hidden not in output, hidden
+    assert sum("epoch 1 --> loss" in line for line in lines) == 1  # one line per epoch
+    assert output.count("== run summary") == 1
+    summary = output[output.index("== run summary") :]
+    assert "synthetic.gru4rec.metrics: every event after a session's first" in summary
+    for model in ("gru4rec", "most_popular", "last_item_cooccurrence"):
+        row = next(line for line in summary.splitlines() if line.startswith(model + " "))
+        assert len(re.findall(r"\d\.\d{4}", row)) == 12  # recall, mrr, ndcg at 1, 5, 10, 20
+    assert "synthetic.gru4rec.model" in summary and "data/06_models/synthetic/gru4rec/" in summary
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", summary)
+    assert run_id and f"/runs/{run_id[1]}" in summary
+    assert "mlflow ui --backend-store-uri" in summary
