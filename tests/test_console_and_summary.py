@@ -86,6 +86,7 @@ def test_artifact_lines_put_models_and_reports_first_and_count_the_rest():
     assert lines[2].split()[0] == "d.gru4rec.loss_curve"
     assert lines[-1] == "  ... and 10 more outputs of this run under data/"
     assert rs.mlflow_lines(None, None, None) == []
-    assert rs.mlflow_lines("abc", "1", "sqlite:///mlflow.db")[-1].endswith(
-        "#/experiments/1/runs/abc"
-    )
+    lines = rs.mlflow_lines("abc", "1", "sqlite:///mlflow.db", models=["gru4rec"])
+    assert lines[1] == "  export MLFLOW_TRACKING_URI=sqlite:///mlflow.db"
+    assert lines[3] == "  page:  http://127.0.0.1:5000/#/experiments/1/runs/abc"
+    assert lines[4].startswith("  serve: mlflow models serve -m runs:/abc/gru4rec --env-manager")

@@ -374,6 +374,19 @@ def _saved_path(catalog: Any, name: str) -> str | None:
     return str(path)
 
 
+def _mlflow_model_name(catalog: Any, name: str) -> str | None:
+    """The MLflow model name ``name`` was logged under (a ``ModelDataset`` that logs), or None."""
+    from recsys_pipeline.kedro_ext.datasets import ModelDataset
+
+    try:
+        dataset = catalog.get(name)
+    except Exception:  # noqa: BLE001 - not a catalog entry: nothing logged
+        return None
+    if isinstance(dataset, ModelDataset) and dataset._log_to_mlflow:  # noqa: SLF001
+        return str(dataset._artifact_path)  # noqa: SLF001
+    return None
+
+
 class RunSummaryHook:
     """Prints one summary when a run that trains or evaluates ends (``run_summary.py``): the
     metrics per model with the protocol named, the artifacts it wrote, and the MLflow run with
@@ -422,10 +435,11 @@ class RunSummaryHook:
             return []
         seconds = time.perf_counter() - self._started
         artifacts = [(n, p) for n in outputs if (p := _saved_path(catalog, n))]
+        logged = [name for n in outputs if (name := _mlflow_model_name(catalog, n))]
         return [
             "",
             f"== run summary ({seconds:,.0f} s) ==",
             *tables,
             *rs.artifact_lines(artifacts),
-            *rs.mlflow_lines(*self._mlflow),
+            *rs.mlflow_lines(*self._mlflow, models=logged),
         ]

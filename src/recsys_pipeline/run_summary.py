@@ -120,16 +120,24 @@ def artifact_lines(paths: Iterable[tuple[str, str]], limit: int = 10) -> list[st
 
 
 def mlflow_lines(
-    run_id: str | None, experiment_id: str | None, tracking_uri: str | None
+    run_id: str | None,
+    experiment_id: str | None,
+    tracking_uri: str | None,
+    models: Iterable[str] = (),
 ) -> list[str]:
-    """The MLflow run and how to open it (loopback, the project's tracking store)."""
+    """The MLflow run, how to open it (loopback, the project's tracking store) and how to serve
+    the MLflow ``models`` it logged (in a shell with the project's venv activated: the server
+    starts ``uvicorn`` from ``PATH``). Commands are never cut short."""
     if not run_id:
         return []
     lines = [f"MLflow run {run_id}"]
     if tracking_uri:
-        lines.append(
-            f"  open: mlflow ui --backend-store-uri {tracking_uri}   (http://127.0.0.1:5000)"
-        )
-    if experiment_id:
-        lines.append(f"  then: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
-    return [line[:MAX_WIDTH] for line in lines]
+        lines.append(f"  export MLFLOW_TRACKING_URI={tracking_uri}")
+        lines.append(f"  open:  mlflow ui --backend-store-uri {tracking_uri}")
+        lines.append(f"  page:  http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+    lines += [
+        f"  serve: mlflow models serve -m runs:/{run_id}/{name} --env-manager local "
+        "--host 127.0.0.1 --port 5001"
+        for name in models
+    ]
+    return lines

@@ -7,6 +7,12 @@ from kedro.config import OmegaConfigLoader
 
 # Great Expectations: no analytics, even though 1.x ships no client.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# MLflow's "Downloading artifacts" bars (each model a run logs is loaded once to check its
+# input example): a bar per model, lines of their own when the output is not a terminal.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's own INFO lines ("Creating initial MLflow database tables", "Validating input example
+# against model signature" for every model a run logs) go to its own handler: from WARNING.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 # Third-party deprecation noise on every run (omegaconf 2.4 via kedro and kedro-mlflow; mlflow).
 warnings.filterwarnings("ignore", message=r".*register_new_resolver\(\) is deprecated.*")
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")

@@ -170,14 +170,18 @@ class ModelDataset(AbstractVersionedDataset):
     loaded with ``weights_only=True``) and JSON (:mod:`recsys_pipeline.models.registry`).
 
     ``save`` writes to a temporary sibling folder and renames it, then (``log_to_mlflow``) logs
-    the folder as artifacts of the active MLflow run under ``artifact_path``. Never a pickle.
+    it to the active MLflow run as an MLflow model named ``artifact_path``: the project's pyfunc
+    (:func:`~recsys_pipeline.serving.pyfunc.log_pyfunc_model`: models from code, the folder as
+    its artifact, signature and input example), so that ``mlflow models serve -m
+    runs:/<run id>/<artifact_path> --env-manager local`` serves what the run trained. Never a
+    pickle.
 
     Args:
         filepath: The folder, e.g. ``data/06_models/diginetica/gru4rec``.
         model: the kind the folder must hold (``gru4rec``, ``neumf``, ...), or ``auto`` (the
             default): whatever kind its ``model.json`` names (older folders: by their files).
-        log_to_mlflow: Log the saved folder to the active MLflow run, if there is one.
-        artifact_path: Where in the run's artifacts.
+        log_to_mlflow: Log the model to the active MLflow run, if there is one.
+        artifact_path: The MLflow model's name in the run.
     """
 
     def __init__(
@@ -214,8 +218,10 @@ class ModelDataset(AbstractVersionedDataset):
         if self._log_to_mlflow:
             import mlflow
 
-            if mlflow.active_run() is not None:
-                mlflow.log_artifacts(str(target), artifact_path=self._artifact_path)
+            if mlflow.active_run() is not None:  # servable: runs:/<run id>/<artifact_path>
+                from recsys_pipeline.serving.pyfunc import log_pyfunc_model
+
+                log_pyfunc_model(target, artifact_path=self._artifact_path, include_code=False)
 
     def _exists(self) -> bool:
         try:
