@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -334,14 +335,36 @@ class MlflowRunTagsHook:
     pipeline name) and tags it with ``dataset``, ``model``, ``pipeline``, the git commit
     (``mlflow.source.git.commit``) and the runner's class name (kedro-mlflow tags the runner
     object's repr). kedro-mlflow's ``before_pipeline_run`` runs first (plugin hooks are
-    registered after the project's and called first), so its run is active here."""
+    registered after the project's and called first), so its run is active here.
+
+    Also types the experiment for model training (``mlflow.experimentKind``: the UI opens its
+    machine-learning view, not the GenAI one) and records every training split a node loads
+    (:data:`TRAINING_SPLITS`) as an MLflow dataset input of the run (context ``training``: name,
+    digest, schema, row count and the file it was read from)."""
+
+    #: last segment of a catalog name read as training data
+    TRAINING_SPLITS = ("train_full", "loo_train", "time_train", "train_tr")
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+        self._logged: set[str] = set()
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any) -> None:
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Any, catalog: Any = None
+    ) -> None:
         import mlflow
 
-        if mlflow.active_run() is None:
+        self._catalog, self._logged = catalog, set()
+        run = mlflow.active_run()
+        if run is None:
             return
+        with contextlib.suppress(Exception):  # typing the experiment is cosmetic
+            client = mlflow.MlflowClient()
+            if "mlflow.experimentKind" not in client.get_experiment(run.info.experiment_id).tags:
+                client.set_experiment_tag(
+                    run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
+                )
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or ""]
         namespaces = [node.namespace or "" for node in pipeline.nodes]
         tags = run_identity(list(names), namespaces)
@@ -351,6 +374,31 @@ class MlflowRunTagsHook:
         if commit:
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags({"mlflow.runName": name, **tags})
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any) -> None:
+        last = dataset_name.rsplit(".", 1)[-1]
+        if dataset_name in self._logged or not (
+            last in self.TRAINING_SPLITS or dataset_name == "compare.train"
+        ):
+            return
+        import mlflow
+        import polars as pl
+
+        if mlflow.active_run() is None or not isinstance(data, pl.DataFrame):
+            return
+        self._logged.add(dataset_name)
+        source = None
+        with contextlib.suppress(Exception):
+            dataset = self._catalog.get(dataset_name)
+            source = str(Path(str(dataset._get_load_path())).absolute())  # noqa: SLF001
+        try:
+            with warnings.catch_warnings():  # MLflow registers two equivalent local-file
+                warnings.simplefilter("ignore", UserWarning)  # sources, picks one and warns
+                logged = mlflow.data.from_polars(data, source=source, name=dataset_name)
+            mlflow.log_input(logged, context="training")
+        except Exception:  # noqa: BLE001 - lineage in MLflow must never fail a run
+            logger.debug("could not log %s as an MLflow dataset", dataset_name, exc_info=True)
 
 
 def _saved_path(catalog: Any, name: str) -> str | None:

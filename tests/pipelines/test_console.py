@@ -63,6 +63,14 @@ def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(project: 
     assert "synthetic.most_popular.recall_at_20" in metrics
     history = client.get_metric_history(serve[1].split("/")[1], "synthetic.gru4rec.loss")
     assert [m.step for m in history] == [1]  # TINY: one epoch
+    # the training split is a dataset input of the run; the experiment is typed for training
+    mlflow_run = client.get_run(serve[1].split("/")[1])
+    inputs = {i.dataset.name: i for i in mlflow_run.inputs.dataset_inputs}
+    train = inputs["synthetic.train_full"]
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "training"
+    assert "train_full.parquet" in train.dataset.source
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with _serve(serve[1], uri, project / "server.log") as base:
         status, body = _post(
             f"{base}/invocations",
