@@ -436,7 +436,7 @@ def _mlflow_model_name(catalog: Any, name: str) -> str | None:
 
 
 class RunSummaryHook:
-    """Prints one summary when a run that trains or evaluates ends (``run_summary.py``): the
+    """Prints one summary when a run that trains or evaluates ends (``kedro_ext/run_summary.py``): the
     metrics per model with the protocol named, the artifacts it wrote, and the MLflow run with
     the command that opens it. Runs without metrics (preprocessing) print nothing. The summary
     never fails a run."""
@@ -467,7 +467,7 @@ class RunSummaryHook:
             print("\n".join(lines), flush=True)  # noqa: T201 - the run's console summary
 
     def _lines(self, pipeline: Any, catalog: Any) -> list[str]:
-        from recsys_pipeline import run_summary as rs
+        from recsys_pipeline.kedro_ext import run_summary as rs
 
         outputs = sorted(pipeline.all_outputs())
         tables: list[str] = []

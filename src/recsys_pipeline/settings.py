@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 
-from recsys_pipeline.console import tidy_console  # noqa: E402
+from recsys_pipeline.kedro_ext.console import tidy_console  # noqa: E402
 
 tidy_console()  # plain console lines in a file or pipe; no unactionable warnings
 

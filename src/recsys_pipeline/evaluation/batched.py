@@ -32,7 +32,7 @@ import torch
 from recsys_pipeline.evaluation.metrics import MetricAccumulator
 from recsys_pipeline.evaluation.ranking import batch_ranks, seen_before
 from recsys_pipeline.models.base import SequenceEncoder
-from recsys_pipeline.progress import progress_bar
+from recsys_pipeline.training.progress import progress_bar
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 
 __all__ = ["encoder_rows", "run_batched"]

@@ -55,7 +55,7 @@ from recsys_pipeline.evaluation.batched import run_batched
 from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
 from recsys_pipeline.evaluation.ranking import batch_ranks, seen_before
 from recsys_pipeline.models.base import NextItemModel
-from recsys_pipeline.progress import progress_bar
+from recsys_pipeline.training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

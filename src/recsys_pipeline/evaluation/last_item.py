@@ -93,7 +93,7 @@ from recsys_pipeline.evaluation.metrics import MetricAccumulator, check_mode
 from recsys_pipeline.evaluation.ranking import batch_ranks, score_checked, seen_before
 from recsys_pipeline.evaluation.user_ranking import candidate_ranks, sampled_metric_names
 from recsys_pipeline.models.base import NextItemModel
-from recsys_pipeline.progress import progress_bar
+from recsys_pipeline.training.progress import progress_bar
 from recsys_pipeline.training.sequences import SequenceBatch, last_item_inputs
 from recsys_pipeline.training.session_iterator import SessionData, event_seconds
 

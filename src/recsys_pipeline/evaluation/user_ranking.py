@@ -41,8 +41,8 @@ from recsys_pipeline.evaluation.metrics import (
     count_higher_equal,
     rank_from_counts,
 )
-from recsys_pipeline.progress import progress_bar
 from recsys_pipeline.training.interactions import _lookup
+from recsys_pipeline.training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

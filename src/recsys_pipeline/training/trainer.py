@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from recsys_pipeline.progress import progress_bar
+from recsys_pipeline.training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

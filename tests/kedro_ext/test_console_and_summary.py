@@ -8,8 +8,8 @@ import logging
 import pytest
 from kedro.logging import RichHandler
 
-from recsys_pipeline import run_summary as rs
-from recsys_pipeline.console import DropMessages, tidy_console
+from recsys_pipeline.kedro_ext import run_summary as rs
+from recsys_pipeline.kedro_ext.console import DropMessages, tidy_console
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
