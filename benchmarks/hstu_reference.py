@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gin", default="configs/ml-1m/hstu-sampled-softmax-n128-final.gin")
     p.add_argument("--no-anomaly", action="store_true", help="reference: anomaly detection off")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--reuse", action="store_true",
+                   help="read our legs' results already in --out-dir instead of training again")  # fmt: skip
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                    help="also run ours with a validation item and this patience")  # fmt: skip
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out" / "hstu_reference")
@@ -280,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             record = _child_reference(args, seed, data)
         else:
             patience = args.early_stopping if leg == "ours_es" else None
-            record = _child_ours(args, seed, patience, args.out_dir / f"{leg}_seed{seed}.json")
+            out = args.out_dir / f"{leg}_seed{seed}.json"
+            if args.reuse and out.exists():
+                print(f"{leg} seed {seed}: reusing {out}", flush=True)
+                return json.loads(out.read_text())
+            record = _child_ours(args, seed, patience, out)
         print(f"{leg} seed {seed}: done in {time.perf_counter() - t:.0f} s", flush=True)
         return record
 

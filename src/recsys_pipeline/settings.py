@@ -29,6 +29,7 @@ from recsys_pipeline.hooks import (  # noqa: E402
     RunJournalHook,
     RunSummaryHook,
 )
+from recsys_pipeline.kedro_ext.resolvers import project_path  # noqa: E402
 from recsys_pipeline.kedro_ext.session_store import UniqueSessionStore  # noqa: E402
 from recsys_pipeline.pipelines.compare.splits import compare_split  # noqa: E402
 
@@ -43,6 +44,7 @@ CONFIG_LOADER_ARGS = {
     # keys they change (Kedro's default "destructive" merge replaces a whole top-level block,
     # and then drops its other keys, e.g. `synthetic.format`, when `--params` sets one key).
     "merge_strategy": {"parameters": "soft"},
-    # catalog.yml: the split files of `compare.dataset` (pipelines/compare/splits.py)
-    "custom_resolvers": {"compare_split": compare_split},
+    # catalog.yml: the split files of `compare.dataset` (pipelines/compare/splits.py);
+    # mlflow.yml: the tracking store in the project root from any working directory
+    "custom_resolvers": {"compare_split": compare_split, "project_path": project_path},
 }

@@ -1,7 +1,9 @@
 """What a user sees: the default ``kedro run`` as a process whose output goes to a pipe (as in
 CI or ``kedro run > log``): short, one line per message, no unactionable warning, Kedro's
 bookkeeping hidden, and one summary at the end, whose serve command serves the trained model
-straight from the run (``mlflow models serve -m runs:/<id>/gru4rec`` on loopback)."""
+straight from the run (``mlflow models serve -m runs:/<id>/gru4rec`` on loopback). Then the
+notebook of ``notebooks/`` runs top to bottom on what that run wrote, as a user's kernel would
+(in ``notebooks/``), so it cannot rot."""
 
 from __future__ import annotations
 
@@ -11,15 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import polars as pl
+import pytest
 import yaml
 from mlflow import MlflowClient
+from nbclient import NotebookClient
 
+from tests.pipelines.conftest import ROOT
 from tests.pipelines.test_train_gru4rec_pipeline import TINY
 from tests.serving.test_serving import _post, _serve
 
 
-def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(project: Path):
+@pytest.fixture(scope="module")
+def default_run(shared_project: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``kedro run`` (TINY sizes) in a scratch project, once for this module's tests."""
+    project = shared_project
     (project / "conf/local/parameters_tiny.yml").write_text(yaml.safe_dump(TINY))
     done = subprocess.run(
         [str(Path(sys.executable).with_name("kedro")), "run"],
@@ -29,6 +38,13 @@ def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(project: 
         text=True,
         check=False,
     )
+    return project, done
+
+
+def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(
+    default_run: tuple[Path, subprocess.CompletedProcess[str]],
+):
+    project, done = default_run
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     lines = output.splitlines()
@@ -79,3 +95,32 @@ def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(project: 
     assert status == 200, body
     [answer] = body["predictions"]
     assert len(answer["items"]) == 5 and answer["scores"] == sorted(answer["scores"], reverse=True)
+
+
+def test_the_notebook_runs_on_what_the_default_run_wrote(
+    default_run: tuple[Path, subprocess.CompletedProcess[str]],
+):
+    project, done = default_run
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    [path] = (ROOT / "notebooks").glob("*.ipynb")
+    (project / "notebooks").mkdir(exist_ok=True)
+    notebook = nbformat.read(path, as_version=4)
+    assert not any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), (
+        f"{path.name} is committed with outputs: clear them"
+    )
+    # the kernel starts in notebooks/, as under `kedro jupyter lab`
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3",
+        resources={"metadata": {"path": str(project / "notebooks")}},
+    )  # fmt: skip
+    client.execute()  # raises CellExecutionError naming the failing cell
+    text = "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+    )  # fmt: skip
+    assert "train_full:" in text and "sessions" in text
+    assert "gru4rec-synthetic" in text  # this project's MLflow run, found from notebooks/
+    assert any(
+        "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
+    )
+    assert not (project / "notebooks" / "mlflow.db").exists()  # no stray store in notebooks/
