@@ -21,6 +21,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
 from recsys_pipeline.operations.ingest import RunLock
+from recsys_pipeline.pipeline_registry import identity_namespace
 from recsys_pipeline.storage import jsonio
 from recsys_pipeline.storage.partial import partial_suffix, process_gone, prune_empty, writer_gone
 
@@ -366,7 +367,7 @@ class MlflowRunTagsHook:
                     run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
                 )
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or ""]
-        namespaces = [node.namespace or "" for node in pipeline.nodes]
+        namespaces = [identity_namespace(node.name, node.namespace) for node in pipeline.nodes]
         tags = run_identity(list(names), namespaces)
         name = tags.pop("run_name")
         tags["runner"] = runner_name(run_params.get("runner"))

@@ -153,5 +153,5 @@ def test_catalog_factories_do_not_clash_and_datasets_match_parameters(project: P
     assert "video.loo_train" in pipelines["train"].datasets()
     assert "synthetic.sequences_raw" in cat
     default = {n.name for n in pipelines["__default__"].nodes}
-    assert "synthetic.generate_sequences_raw" in default
+    assert "generate.synthetic.generate_sequences_raw" in default
     assert not default & {n.name for n in mine.nodes}

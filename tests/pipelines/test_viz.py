@@ -1,4 +1,6 @@
-"""Lineage: `kedro viz build` works offline and shows every registered pipeline."""
+"""Lineage: `kedro viz build` works offline and shows every registered pipeline, every dataset in
+a layer (the layer toggle needs a layer on each and no cycle among them), and the default
+pipeline as three collapsible parts: generate, preprocess, train."""
 
 from __future__ import annotations
 
@@ -28,15 +30,32 @@ def test_viz_build_contains_every_pipeline(project: Path):
         check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "circular dependency" not in done.stdout + done.stderr
     main = json.loads((project / "build" / "api" / "main").read_text())
     shown = {p["id"] for p in main["pipelines"]}
     registered = set(register_pipelines())
     assert registered <= shown, registered - shown
     names = {n["name"] for n in main["nodes"]}  # the default pipeline
-    assert {"synthetic.raw", "synthetic.train_full", "synthetic.stats", "validate"} <= names
-    for name in registered - {"__default__"}:
+    assert {"synthetic.raw", "synthetic.train_full", "synthetic.stats"} <= names
+    assert "synthetic.validate" in names
+    # the default view: three parts at the top, each expanding straight to its nodes
+    root = main["modular_pipelines"]["__root__"]["children"]
+    assert {c["id"] for c in root if c["type"] == "modularPipeline"} == {
+        "generate", "preprocess", "train"
+    }  # fmt: skip
+    part_of = {n["name"]: n["modular_pipelines"] for n in main["nodes"] if n["type"] == "task"}
+    assert part_of["synthetic.generate_raw"] == ["generate"]
+    assert part_of["synthetic.validate"] == ["preprocess"]
+    assert part_of["synthetic.gru4rec.evaluate"] == ["train"]
+    # (kedro-viz orders layers by the graph; ties, e.g. primary and model_input, either way)
+    assert main["layers"][0] == "raw" and main["layers"][-1] == "reporting"
+    assert {"intermediate", "model_input", "models", "model_output"} <= set(main["layers"])
+    for name in registered:
         graph = json.loads((project / "build" / "api" / "pipelines" / name).read_text())
         assert any(n["type"] == "task" for n in graph["nodes"]), name
+        unlayered = [n["name"] for n in graph["nodes"] if n["type"] == "data" and not n["layer"]]
+        assert unlayered == [], (name, unlayered)
+        assert graph["layers"], name  # empty when the layers form a cycle
     rees46 = json.loads((project / "build" / "api" / "pipelines" / "preprocess_rees46").read_text())
     assert {"rees46.raw", "rees46.train_full", "rees46.test_tsv"} <= {
         n["name"] for n in rees46["nodes"]
