@@ -22,6 +22,7 @@ from kedro.io import AbstractVersionedDataset
 
 from recsys_pipeline.operations.ingest import RunLock
 from recsys_pipeline.pipeline_registry import identity_namespace
+from recsys_pipeline.reports.provenance import git_commit
 from recsys_pipeline.storage import jsonio
 from recsys_pipeline.storage.partial import partial_suffix, process_gone, prune_empty, writer_gone
 
@@ -298,24 +299,6 @@ def run_identity(pipeline_names: list[str], namespaces: list[str]) -> dict[str, 
     return tags
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    """The checkout's commit (with ``-dirty`` when it has changes), ``None`` outside git."""
-    import subprocess
-
-    try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-
-        head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
 def runner_name(runner: Any) -> str:
     """The runner's class name from Kedro's ``run_params["runner"]`` (the class name, or the
     object's repr ``<kedro.runner....SequentialRunner object at 0x...>``, or ``"None"`` when
@@ -400,6 +383,31 @@ class MlflowRunTagsHook:
             mlflow.log_input(logged, context="training")
         except Exception:  # noqa: BLE001 - lineage in MLflow must never fail a run
             logger.debug("could not log %s as an MLflow dataset", dataset_name, exc_info=True)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        """Logs every file of the ``reporting`` layer the run writes (plots, metrics JSON, data
+        statistics, validation reports and pages) and every model card as an artifact of the
+        run, under ``reports/<dataset>[/<model>]/``."""
+        import mlflow
+
+        if self._catalog is None or mlflow.active_run() is None:
+            return
+        try:
+            dataset = self._catalog.get(dataset_name)
+        except Exception:  # noqa: BLE001 - not a catalog entry: nothing to log
+            return
+        layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
+        if layer != "reporting" and not dataset_name.endswith("model_card"):
+            return
+        path = _saved_path(self._catalog, dataset_name)
+        if path is None or not Path(path).is_file():
+            return
+        folder = "/".join(["reports", *dataset_name.split(".")[:-1]])
+        try:
+            mlflow.log_artifact(path, artifact_path=folder)
+        except Exception:  # noqa: BLE001 - tracking must never fail a run
+            logger.debug("could not log %s to MLflow", path, exc_info=True)
 
 
 def _saved_path(catalog: Any, name: str) -> str | None:

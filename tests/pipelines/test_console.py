@@ -7,6 +7,7 @@ notebook of ``notebooks/`` runs top to bottom on what that run wrote, as a user'
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,6 +88,26 @@ def test_the_default_run_prints_a_short_console_that_ends_in_a_summary(
     assert "train_full.parquet" in train.dataset.source
     experiment = client.get_experiment(mlflow_run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the reports are artifacts of the run too: plots, metrics, statistics, validation, card
+    logged = {a.path for folder in ("reports/synthetic", "reports/synthetic/gru4rec")
+              for a in client.list_artifacts(mlflow_run.info.run_id, folder)}  # fmt: skip
+    for name in ("gru4rec_loss_curve.png", "gru4rec_metrics.png", "gru4rec_metrics.json",
+                 "gru4rec_history.json", "gru4rec_card.md"):  # fmt: skip
+        assert f"reports/synthetic/gru4rec/{name}" in logged, logged
+    for name in ("stats.json", "validation_report.json", "validation.md"):
+        assert f"reports/synthetic/{name}" in logged, logged
+    # the generated data is called synthetic in its reports (not rees46, its file format)
+    [stats] = project.glob("data/08_reporting/synthetic/stats.json/*/stats.json")
+    assert json.loads(stats.read_text())["dataset"] == "synthetic"
+    [page] = project.glob("data/08_reporting/synthetic/validation.md/*/validation.md")
+    assert page.read_text().startswith("# Data validation of synthetic: passed")
+    # a model card next to the model, with the same version
+    [card] = project.glob("data/06_models/synthetic/gru4rec_card.md/*/gru4rec_card.md")
+    [model] = project.glob("data/06_models/synthetic/gru4rec/*")
+    assert card.parent.name == model.name
+    text = card.read_text()
+    assert text.startswith("# Model card: GRU4Rec on synthetic")
+    assert "| **gru4rec** |" in text and "most_popular" in text and "source commit" in text
     with _serve(serve[1], uri, project / "server.log") as base:
         status, body = _post(
             f"{base}/invocations",

@@ -9,16 +9,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from recsys_pipeline.reports.labels import PROTOCOL_WORDS
+
 #: metric families shown (in this order), each at every cut-off found
 FAMILIES = ("recall", "hr", "mrr", "ndcg")
-#: metric-name prefix -> the protocol in words (sequence datasets, pipelines/train/sequence_nodes)
-PROTOCOL_WORDS = {
-    "": "every event after a session's first, ranked against all items (full ranking)",
-    "full_hist_excluded": "each user's last item, full ranking, the user's history excluded",
-    "full_hist_included": "each user's last item, full ranking, the history not excluded",
-    "legacy": "each user's last item, LEGACY sampled ranking (negatives per user)",
-    "gr": "generative-recommenders' protocol (input window excluded, ranks beyond 2,500 capped)",
-}
 MAX_WIDTH = 200
 _METRIC = re.compile(r"^(?:(?P<prefix>[a-z0-9_]+)\.)?(?P<family>[a-z0-9_]+)@(?P<k>\d+)$")
 

@@ -27,23 +27,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import matplotlib
+import mlflow
+import polars as pl
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-
-from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity  # noqa: E402
-from recsys_pipeline.evaluation.user_ranking import full_ranking  # noqa: E402
-from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular  # noqa: E402
-from recsys_pipeline.models.registry import kinds, model_class, resolve_params  # noqa: E402
-from recsys_pipeline.pipelines.compare.splits import compare_split, layout, task  # noqa: E402
-from recsys_pipeline.pipelines.train import nodes as train_nodes  # noqa: E402
-from recsys_pipeline.pipelines.train import sequence_nodes  # noqa: E402
-from recsys_pipeline.pipelines.train_neumf import nodes as neumf_nodes  # noqa: E402
-from recsys_pipeline.training.memory import PeakMemory  # noqa: E402
+from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity
+from recsys_pipeline.evaluation.user_ranking import full_ranking
+from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
+from recsys_pipeline.models.registry import kinds, model_class, resolve_params
+from recsys_pipeline.pipelines.compare.splits import compare_split, layout, task
+from recsys_pipeline.pipelines.train import nodes as train_nodes
+from recsys_pipeline.pipelines.train import sequence_nodes
+from recsys_pipeline.pipelines.train_neumf import nodes as neumf_nodes
+from recsys_pipeline.reports import plots
+from recsys_pipeline.training.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -399,37 +396,21 @@ def _summary(result: dict[str, Any]) -> list[str]:
 
 
 def plot_comparison(result: dict[str, Any], compare: dict[str, Any]) -> Any:
-    """Recall, MRR and NDCG at one cut-off (``compare.plot_cutoff``, default the largest) per
-    model, under the first protocol (named in the title, with the number of targets)."""
+    """Recall, MRR and NDCG of every model that finished, under the first protocol (named in
+    the title, with the number of targets), at one cut-off (``compare.plot_cutoff``; default
+    the largest) so that many models stay readable."""
     protocol = next(iter(result["protocols"]), None)
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    done = [r for r in result["models"] if protocol in r["metrics"]]
+    done = {r["model"]: r["metrics"][protocol] for r in result["models"]
+            if protocol in r.get("metrics", {})}  # fmt: skip
     if protocol is None or not done:
-        ax.text(0.5, 0.5, "no model finished", ha="center", va="center")
-        ax.set_axis_off()
-        plt.close(fig)
-        return fig
-    keys = [k for k in done[0]["metrics"][protocol] if "@" in k]
-    cutoffs = sorted({int(k.split("@")[1]) for k in keys})
+        return plots.metrics_figure({}, title=f"{result['dataset']}: no model finished")
+    first = next(iter(done.values()))
+    cutoffs = sorted({int(k.split("@")[1]) for k in first if "@" in k})
     cutoff = int(compare.get("plot_cutoff") or cutoffs[-1])
-    shown = [k for k in keys if k.endswith(f"@{cutoff}")]
-    width = 0.8 / len(done)
-    for i, row in enumerate(done):
-        ax.bar(
-            [j + i * width for j in range(len(shown))],
-            [row["metrics"][protocol][k] for k in shown],
-            width,
-            label=row["model"],
-        )
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shown))], shown)
-    n_targets = done[0]["metrics"][protocol].get("n_targets")
+    n_targets = first.get("n_targets")
     targets = f", {n_targets:,.0f} targets" if n_targets else ""
-    ax.set_ylabel(f"metric at {cutoff} (higher is better)")
-    ax.set_title(
-        f"{result['dataset']}: {protocol}{targets}\n{result['protocols'][protocol]}", fontsize=9
+    return plots.metrics_figure(
+        done,
+        title=f"{result['dataset']}: every model, test{targets}\n{result['protocols'][protocol]}",
+        cutoffs=[cutoff],
     )
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig

@@ -49,13 +49,16 @@ def ingest(raw: RawSource, params: dict[str, Any]) -> pl.DataFrame:
     )
 
 
-def check_raw_schema(events: pl.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
-    """Great Expectations check of the ingested events: columns, types, no null ids or times."""
+def check_raw_schema(
+    events: pl.DataFrame, params: dict[str, Any], *, dataset: str | None = None
+) -> dict[str, Any]:
+    """Great Expectations check of the ingested events: columns, types, no null ids or times.
+    The report and errors name ``dataset`` (default: the raw format)."""
     from recsys_pipeline.validation import validate_raw_events
 
     time_kind = "float" if _config(params).protocol == "rsc15" else "int"
     required = {"key": "int", "ItemId": "int", "sort_item": "int", "Time": time_kind}
-    return validate_raw_events(events, params.get("format", "?"), required)
+    return validate_raw_events(events, dataset or params.get("format", "?"), required)
 
 
 def sessionise(events: pl.DataFrame, params: dict[str, Any], raw_report: dict) -> pl.DataFrame:
@@ -92,10 +95,12 @@ def support_filter(
     return full, trace.steps
 
 
-def split(full: pl.DataFrame, params: dict[str, Any]) -> tuple[dict[str, pl.DataFrame], dict]:
+def split(
+    full: pl.DataFrame, params: dict[str, Any], *, dataset: str | None = None
+) -> tuple[dict[str, pl.DataFrame], dict]:
     """train_full/test and train_tr/train_valid by the dataset's time rule; returns the cuts too."""
     config = _config(params)
-    dataset = params.get("format", "?")
+    dataset = dataset or params.get("format", "?")
     if config.protocol == "rsc15":
         splits, cuts = P.rsc15_splits(full, config.n_test_days, config.min_session_length)
     elif full.height == 0:
@@ -111,7 +116,12 @@ def split(full: pl.DataFrame, params: dict[str, Any]) -> tuple[dict[str, pl.Data
 
 
 def validate(
-    full: pl.DataFrame, splits: dict[str, pl.DataFrame], cuts: dict, params: dict[str, Any]
+    full: pl.DataFrame,
+    splits: dict[str, pl.DataFrame],
+    cuts: dict,
+    params: dict[str, Any],
+    *,
+    dataset: str | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
     """Great Expectations on the outputs; only validated splits reach the catalog.
 
@@ -125,7 +135,7 @@ def validate(
     support = 1 if config.protocol == "rsc15" else config.min_item_support
     report = validate_splits(
         {"full": full, **splits},
-        params.get("format", "?"),
+        dataset or params.get("format", "?"),
         cut_test=cuts.get("cut_test"),
         cut_valid=cuts.get("cut_valid"),
         min_item_support=support,
@@ -143,6 +153,8 @@ def compute_stats(
     trace: list[dict],
     cuts: dict,
     params: dict[str, Any],
+    *,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Events, sessions, items and time range per split, the filter trace and the cut points."""
     config = _config(params)
@@ -169,6 +181,7 @@ def compute_stats(
             values.get("end_utc"),
         )
     return {
+        "dataset": dataset or params.get("format"),
         "format": params.get("format"),
         "protocol": {k: v for k, v in vars(config).items()},
         "cuts": {k: float(v) if isinstance(v, float) else int(v) for k, v in cuts.items()},

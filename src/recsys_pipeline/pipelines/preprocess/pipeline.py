@@ -10,18 +10,21 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from recsys_pipeline.pipelines.preprocess import nodes
+from recsys_pipeline.pipelines.wiring import bind
+from recsys_pipeline.reports.validation_page import validation_page
 
 DATASETS = ("rees46", "yoochoose", "rsc15", "coveo", "retailrocket", "diginetica")
 SPLITS = ("full", "train_full", "test", "train_tr", "train_valid")
 
 
-def template() -> Pipeline:
-    """The generic preprocessing nodes, not yet bound to a dataset."""
+def template(dataset: str) -> Pipeline:
+    """The generic preprocessing nodes, not yet namespaced; reports and errors name ``dataset``
+    (not its raw format: the generated data is in Rees46's format)."""
     return Pipeline(
         [
             Node(nodes.ingest, ["raw", "params:preprocess"], "events", name="ingest"),
             Node(
-                nodes.check_raw_schema,
+                bind(nodes.check_raw_schema, dataset=dataset),
                 ["events", "params:preprocess"],
                 "raw_validation",
                 name="check_raw_schema",
@@ -45,22 +48,28 @@ def template() -> Pipeline:
                 name="support_filter",
             ),
             Node(
-                nodes.split,
+                bind(nodes.split, dataset=dataset),
                 ["unvalidated_full", "params:preprocess"],
                 ["unvalidated_splits", "cuts"],
                 name="split",
             ),
             Node(
-                nodes.validate,
+                bind(nodes.validate, dataset=dataset),
                 ["unvalidated_full", "unvalidated_splits", "cuts", "params:preprocess"],
                 [*SPLITS, "validation_report"],
                 name="validate",
             ),
             Node(
-                nodes.compute_stats,
+                bind(nodes.compute_stats, dataset=dataset),
                 [*SPLITS, "filter_trace", "cuts", "params:preprocess"],
                 "stats",
                 name="compute_stats",
+            ),
+            Node(
+                bind(validation_page, dataset=dataset),
+                ["raw_validation", "validation_report"],
+                "validation_page",
+                name="validation_page",
             ),
             Node(nodes.export_tsv, list(SPLITS), [f"{s}_tsv" for s in SPLITS], name="export_tsv"),
         ]
@@ -70,7 +79,7 @@ def template() -> Pipeline:
 def for_dataset(dataset: str) -> Pipeline:
     """The template bound to ``dataset``: namespace and ``params:preprocess.<dataset>``."""
     return Pipeline(
-        template(),
+        template(dataset),
         namespace=dataset,
         parameters={"params:preprocess": f"params:preprocess.{dataset}"},
     )

@@ -8,23 +8,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import polars as pl
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-
-from recsys_pipeline.evaluation import evaluate  # noqa: E402
-from recsys_pipeline.evaluation.evaluate import EvaluationResult  # noqa: E402
-from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular  # noqa: E402
-from recsys_pipeline.models.registry import (  # noqa: E402
+from recsys_pipeline.evaluation import evaluate
+from recsys_pipeline.evaluation.evaluate import EvaluationResult
+from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
+from recsys_pipeline.models.registry import (
     create_model,
     model_class,
     resolve_params,
 )
-from recsys_pipeline.serving.recommend import recommend  # noqa: E402
-from recsys_pipeline.storage.partial import prune_empty  # noqa: E402
+from recsys_pipeline.reports import plots
+from recsys_pipeline.reports.labels import PROTOCOL_WORDS
+from recsys_pipeline.reports.model_card import model_card
+from recsys_pipeline.reports.provenance import git_commit
+from recsys_pipeline.serving.recommend import recommend
+from recsys_pipeline.storage.partial import prune_empty
 
 logger = logging.getLogger(__name__)
 
@@ -147,30 +147,78 @@ def tracked_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict]:
     }
 
 
-def plot_report(
-    history: list[dict], metrics: dict[str, dict[str, float]], *, kind: str
+def plot_template_report(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    block: dict[str, Any],
+    *,
+    kind: str,
+    dataset: str,
 ) -> tuple[Any, Any]:
-    """Loss curve per epoch of the ``kind`` model, and Recall@k / MRR@k bars of every model."""
-    loss_fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
-    ax.set(xlabel="epoch", ylabel="training loss", title=f"{_display(kind)} training loss")
-    ax.grid(alpha=0.3)
-    loss_fig.tight_layout()
+    """:func:`plot_report` of the training template: ``block`` is the model's parameter block
+    (``params:<kind>``), resolved for ``dataset``; the session protocol."""
+    return plot_report(history, metrics, resolve_params(block, dataset), kind=kind, dataset=dataset)
 
-    keys = [k for k in next(iter(metrics.values())) if k.startswith(("recall@", "mrr@"))]
-    bars, ax = plt.subplots(figsize=(max(6, len(keys) * 0.9), 4))
-    width = 0.8 / len(metrics)
-    for i, (name, values) in enumerate(metrics.items()):
-        ax.bar(
-            [j + i * width for j in range(len(keys))], [values[k] for k in keys], width, label=name
-        )
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], keys, rotation=45)
-    ax.set(ylabel="value", title="Next-item metrics on test (full ranking)")
-    ax.legend()
-    bars.tight_layout()
-    plt.close(loss_fig)
-    plt.close(bars)
+
+def plot_report(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    params: dict[str, Any] | None = None,
+    *,
+    kind: str,
+    dataset: str,
+    protocol: str = PROTOCOL_WORDS[""],
+) -> tuple[Any, Any]:
+    """The ``kind`` model's training loss per epoch (its loss named, from its ``params``; the
+    validation metric beside it when training measured one), and Recall/MRR/NDCG at every
+    cut-off of every model on the test targets under ``protocol`` (words), values on the bars."""
+    params = params or {}
+    name = _display(kind)
+    loss = str(params.get("loss") or "loss")
+    epochs = f", {len(history)} epoch{'s' if len(history) != 1 else ''}" if history else ""
+    loss_fig = plots.training_figure(
+        history,
+        title=f"{name} on {dataset}: training loss per epoch{epochs}",
+        loss=loss,
+        valid_metric=params.get("valid_metric"),
+    )
+    n_targets = next((v.get("n_targets") for v in metrics.values() if v.get("n_targets")), None)
+    targets = f", {n_targets:,.0f} targets" if n_targets else ""
+    bars = plots.metrics_figure(
+        metrics, title=f"{name} and baselines on {dataset}, test{targets}\n{protocol}"
+    )
     return loss_fig, bars
+
+
+def write_model_card(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    block: dict[str, Any],
+    train: pl.DataFrame,
+    *,
+    kind: str,
+    dataset: str,
+    protocol: str = PROTOCOL_WORDS[""],
+    data: dict[str, int] | None = None,
+) -> str:
+    """The model card (Markdown) saved next to the ``kind`` model trained on ``dataset``'s
+    ``train`` split: data, protocol, parameters (``block`` resolved for ``dataset``), metrics
+    next to the baselines', training time and the source commit."""
+    if data is None:
+        data = {"events": train.height, "sessions": train["SessionId"].n_unique(),
+                "items": train["ItemId"].n_unique()}  # fmt: skip
+    return model_card(
+        title=f"{_display(kind)} on {dataset}",
+        dataset=dataset,
+        data=data,
+        protocol=protocol,
+        params=resolve_params(block, dataset),
+        metrics=metrics,
+        model=kind,
+        history=history,
+        commit=git_commit(),
+        model_artifact=f"data/06_models/{dataset}/{kind}",
+    )
 
 
 def _display(kind: str) -> str:

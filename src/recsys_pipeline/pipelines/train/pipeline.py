@@ -19,36 +19,16 @@ Two protocols, chosen by the dataset:
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
-
 from kedro.pipeline import Node, Pipeline
 
 from recsys_pipeline.models.registry import kinds
 from recsys_pipeline.pipelines.preprocess.pipeline import DATASETS
 from recsys_pipeline.pipelines.preprocess_sequences.pipeline import DATASETS as SEQUENCE_DATASETS
 from recsys_pipeline.pipelines.train import nodes, sequence_nodes
+from recsys_pipeline.pipelines.wiring import bind
 
 #: the session datasets (preprocess_<dataset>) and the generated one of the default run
 SESSION_DATASETS = (*DATASETS, "synthetic")
-
-
-def bind(func: Callable[..., Any], **bound: Any) -> Callable[..., Any]:
-    """``func`` with the keyword arguments ``bound`` fixed, as a node function: it keeps the
-    name, docstring and (reduced) signature of ``func`` (a ``functools.partial`` has no name for
-    Kedro's logs and kedro-viz)."""
-
-    def node_func(*args: Any) -> Any:
-        return func(*args, **bound)
-
-    signature = inspect.signature(func)
-    node_func.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[p for p in signature.parameters.values() if p.name not in bound]
-    )
-    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
-        setattr(node_func, attr, getattr(func, attr))
-    return node_func
 
 
 def template(kind: str, dataset: str) -> Pipeline:
@@ -68,10 +48,16 @@ def template(kind: str, dataset: str) -> Pipeline:
                 name="evaluate",
             ),
             Node(
-                bind(nodes.plot_report, kind=kind),
-                ["history", "metrics"],
+                bind(nodes.plot_template_report, kind=kind, dataset=dataset),
+                ["history", "metrics", "params:model_block"],
                 ["loss_curve", "metrics_plot"],
                 name="report",
+            ),
+            Node(
+                bind(nodes.write_model_card, kind=kind, dataset=dataset),
+                ["history", "metrics", "params:model_block", "train_full"],
+                "model_card",
+                name="model_card",
             ),
             Node(
                 nodes.recommend_top_k,
@@ -102,16 +88,22 @@ def sequence_template(kind: str, dataset: str) -> Pipeline:
                 name="evaluate",
             ),
             Node(
-                sequence_nodes.main_protocol_metrics,
-                ["metrics", "params:sequence_evaluation"],
-                "main_metrics",
-                name="main_protocol",
-            ),
-            Node(
-                bind(nodes.plot_report, kind=kind),
-                ["history", "main_metrics"],
+                bind(sequence_nodes.plot_sequence_report, kind=kind, dataset=dataset),
+                ["history", "metrics", "params:model_block", "params:sequence_evaluation"],
                 ["loss_curve", "metrics_plot"],
                 name="report",
+            ),
+            Node(
+                bind(sequence_nodes.write_sequence_model_card, kind=kind, dataset=dataset),
+                [
+                    "history",
+                    "metrics",
+                    "params:model_block",
+                    "params:sequence_evaluation",
+                    "loo_train",
+                ],  # fmt: skip
+                "model_card",
+                name="model_card",
             ),
             Node(
                 sequence_nodes.users_for_recommendations,

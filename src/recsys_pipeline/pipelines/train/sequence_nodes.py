@@ -28,7 +28,10 @@ from recsys_pipeline.evaluation.last_item import (
     evaluate_last_item,
 )
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
+from recsys_pipeline.models.registry import resolve_params
+from recsys_pipeline.pipelines.train import nodes
 from recsys_pipeline.pipelines.train.nodes import tracked_metrics, train_model
+from recsys_pipeline.reports.labels import PROTOCOL_WORDS
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +173,56 @@ def main_protocol_metrics(
         name: {k[len(label) :]: v for k, v in values.items() if k.startswith(label)}
         for name, values in metrics.items()
     }
+
+
+def plot_sequence_report(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    block: dict[str, Any],
+    settings: dict[str, Any],
+    *,
+    kind: str,
+    dataset: str,
+) -> tuple[Any, Any]:
+    """The training template's plots on a user-sequence dataset: the bars show the first
+    protocol of ``settings`` (``params:sequence_evaluation``), named in the title."""
+    label = PROTOCOL_LABELS[settings["protocols"][0]]
+    return nodes.plot_report(
+        history,
+        main_protocol_metrics(metrics, settings),
+        resolve_params(block, dataset),
+        kind=kind,
+        dataset=dataset,
+        protocol=PROTOCOL_WORDS[label],
+    )
+
+
+def write_sequence_model_card(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    block: dict[str, Any],
+    settings: dict[str, Any],
+    loo_train: pl.DataFrame,
+    *,
+    kind: str,
+    dataset: str,
+) -> str:
+    """The model card on a user-sequence dataset: the metrics of the first protocol of
+    ``settings`` (``params:sequence_evaluation``)."""
+    label = PROTOCOL_LABELS[settings["protocols"][0]]
+    users = next(c for c in ("UserId", "SessionId") if c in loo_train.columns)
+    data = {"interactions": loo_train.height, "users": loo_train[users].n_unique(),
+            "items": loo_train["ItemId"].n_unique()}  # fmt: skip
+    return nodes.write_model_card(
+        history,
+        main_protocol_metrics(metrics, settings),
+        block,
+        loo_train,
+        kind=kind,
+        dataset=dataset,
+        protocol=PROTOCOL_WORDS[label],
+        data=data,
+    )
 
 
 def users_for_recommendations(

@@ -22,6 +22,7 @@ from recsys_pipeline.pipelines.preprocess_sequences.pipeline import DATASETS as 
 from recsys_pipeline.pipelines.train import nodes as train
 from recsys_pipeline.pipelines.train import sequence_nodes
 from recsys_pipeline.pipelines.train_neumf import nodes as user_item
+from recsys_pipeline.reports.labels import PROTOCOL_WORDS
 from recsys_pipeline.training.trainer import EpochStats
 from recsys_pipeline.tuning import (
     Metric,
@@ -320,10 +321,17 @@ def evaluate_final(
 def report_final(
     history: list[dict],
     metrics: dict[str, dict[str, float]],
+    final_params: dict[str, Any],
     sequence_evaluation: dict[str, Any],
     tune: dict[str, Any],
 ) -> tuple[Any, Any]:
-    """The training template's plots of the final model."""
+    """The training template's plots of the final model (trained with ``final_params``)."""
+    words = PROTOCOL_WORDS[""]
     if _sequences(tune) and model_class(tune["model"]).task == "next_item":
         metrics = sequence_nodes.main_protocol_metrics(metrics, sequence_evaluation)
-    return train.plot_report(history, metrics, kind=tune["model"])
+        words = PROTOCOL_WORDS[sequence_nodes.PROTOCOL_LABELS[sequence_evaluation["protocols"][0]]]
+    elif model_class(tune["model"]).task == "user_item":
+        words = "user-based full ranking on the time split, training items left out"
+    return train.plot_report(
+        history, metrics, final_params, kind=tune["model"], dataset=tune["dataset"], protocol=words
+    )

@@ -78,7 +78,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.report_final,
-                ["history", "metrics", "params:sequence_evaluation", "params:tune"],
+                ["history", "metrics", "final_params", "params:sequence_evaluation", "params:tune"],
                 ["loss_curve", "metrics_plot"],
                 name="final_report",
             ),
