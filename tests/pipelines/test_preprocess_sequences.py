@@ -23,7 +23,8 @@ from tests.pipelines.conftest import ROOT, catalog, run
 
 SMALL = SequenceConfig(n_users=150, n_items=60, seed=7)
 SPLITS = ("loo_train", "loo_valid", "loo_test")
-OUTPUTS = ("sequences", *SPLITS, "seq_raw_validation", "seq_validation_report", "seq_stats")
+OUTPUTS = ("sequences", *SPLITS, "seq_raw_validation", "seq_validation_report", "seq_stats",
+           "seq_validation_page")  # fmt: skip
 NEW_PATTERNS = {f"{{dataset}}.{name}" for name in OUTPUTS}
 
 

@@ -15,6 +15,11 @@ _SIZE = (("n_rows", "rows"), ("n_sessions", "sessions"), ("n_users", "users"),
          ("n_items", "items"))  # fmt: skip
 
 
+#: report keys that are not settings the data was checked against
+_NOT_SETTINGS = {"dataset", "artifact", "success", "seconds", "n_rows", "n_sessions", "n_users",
+                 "n_items", "expectations", "splits", "artifacts", "columns"}  # fmt: skip
+
+
 def _cell(value: Any, limit: int = 60) -> str:
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -81,15 +86,16 @@ def validation_page(*reports: Mapping[str, Any], dataset: str) -> str:
              "Great Expectations 1.x results, one table per checked table, failures first.",
              ""]  # fmt: skip
     for report in reports:
-        what = report.get("artifact") or ("splits" if "splits" in report else "data")
+        parts = report.get("splits") or report.get("artifacts")
+        what = report.get("artifact") or ("splits" if parts else "data")
         lines += [f"## {what}", ""]
-        settings = {k: report[k] for k in ("cut_test", "cut_valid", "min_item_support",
-                                           "min_session_length") if k in report}  # fmt: skip
+        settings = {k: v for k, v in report.items() if k not in _NOT_SETTINGS
+                    and isinstance(v, int | float | str) and not isinstance(v, bool)}  # fmt: skip
         if settings:
-            lines += ["Settings checked against: "
+            lines += ["Checked against: "
                       + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]  # fmt: skip
-        if "splits" in report:
-            for name, part in report["splits"].items():
+        if parts:
+            for name, part in parts.items():
                 lines += _section(name, part)
         else:
             lines += _section(what, report)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from recsys_pipeline.pipelines.preprocess_movielens import nodes
+from recsys_pipeline.pipelines.wiring import bind
+from recsys_pipeline.reports.validation_page import validation_page
 
 NCF = nodes.NCF_ARTIFACTS
 TIME = nodes.TIME_ARTIFACTS
@@ -51,6 +53,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["ratings", *NCF, *TIME, "time_cuts", PARAMS],
                 "stats",
                 name="compute_stats",
+            ),
+            Node(
+                bind(validation_page, dataset="movielens"),
+                ["raw_validation", "validation_report"],
+                "validation_page",
+                name="validation_page",
             ),
         ],
         namespace="movielens",

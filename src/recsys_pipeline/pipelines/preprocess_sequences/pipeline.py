@@ -12,6 +12,8 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from recsys_pipeline.pipelines.preprocess_sequences import nodes
+from recsys_pipeline.pipelines.wiring import bind
+from recsys_pipeline.reports.validation_page import validation_page
 
 #: The datasets of conf/base/parameters_preprocess_sequences.yml (one namespace each).
 DATASETS = (
@@ -28,8 +30,8 @@ SPLITS = ("loo_train", "loo_valid", "loo_test")
 PARAMS = "params:preprocess_sequences"
 
 
-def template() -> Pipeline:
-    """The nodes, not yet bound to a dataset. ``unvalidated_*`` are memory datasets: nothing
+def template(dataset: str) -> Pipeline:
+    """The nodes, not yet namespaced (the validation page names ``dataset``). ``unvalidated_*`` are memory datasets: nothing
     reaches disk before the split validation passed."""
     unvalidated = [f"unvalidated_{name}" for name in SPLITS]
     return Pipeline(
@@ -64,6 +66,12 @@ def template() -> Pipeline:
                 "seq_stats",
                 name="compute_stats",
             ),
+            Node(
+                bind(validation_page, dataset=dataset),
+                ["seq_raw_validation", "seq_validation_report"],
+                "seq_validation_page",
+                name="validation_page",
+            ),
         ]
     )
 
@@ -71,7 +79,7 @@ def template() -> Pipeline:
 def for_dataset(dataset: str) -> Pipeline:
     """The template in namespace ``dataset`` with ``params:preprocess_sequences.<dataset>``."""
     return Pipeline(
-        template(),
+        template(dataset),
         namespace=dataset,
         parameters={PARAMS: f"{PARAMS}.{dataset}"},
     )

@@ -190,7 +190,7 @@ def plot_report(
     return loss_fig, bars
 
 
-def write_model_card(
+def write_template_model_card(
     history: list[dict],
     metrics: dict[str, dict[str, float]],
     block: dict[str, Any],
@@ -198,26 +198,44 @@ def write_model_card(
     *,
     kind: str,
     dataset: str,
-    protocol: str = PROTOCOL_WORDS[""],
-    data: dict[str, int] | None = None,
 ) -> str:
-    """The model card (Markdown) saved next to the ``kind`` model trained on ``dataset``'s
-    ``train`` split: data, protocol, parameters (``block`` resolved for ``dataset``), metrics
-    next to the baselines', training time and the source commit."""
-    if data is None:
-        data = {"events": train.height, "sessions": train["SessionId"].n_unique(),
-                "items": train["ItemId"].n_unique()}  # fmt: skip
+    """:func:`write_model_card` of the training template: ``block`` (``params:<kind>``)
+    resolved for ``dataset``; the session protocol."""
+    params = resolve_params(block, dataset)
+    return write_model_card(history, metrics, params, train, kind=kind, dataset=dataset)
+
+
+def write_model_card(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    params: dict[str, Any],
+    train: pl.DataFrame,
+    *,
+    kind: str,
+    dataset: str,
+    protocol: str = PROTOCOL_WORDS[""],
+    model_artifact: str | None = None,
+) -> str:
+    """The model card (Markdown) saved next to the ``kind`` model trained with ``params`` on
+    ``dataset``'s ``train`` split: data, protocol, parameters, metrics next to the baselines',
+    training time and the source commit."""
+    who = next((c for c in ("SessionId", "UserId") if c in train.columns), None)
+    data = {"rows": train.height}
+    if who is not None:
+        data["sessions" if who == "SessionId" else "users"] = train[who].n_unique()
+    if "ItemId" in train.columns:
+        data["items"] = train["ItemId"].n_unique()
     return model_card(
         title=f"{_display(kind)} on {dataset}",
         dataset=dataset,
         data=data,
         protocol=protocol,
-        params=resolve_params(block, dataset),
+        params=params,
         metrics=metrics,
         model=kind,
         history=history,
         commit=git_commit(),
-        model_artifact=f"data/06_models/{dataset}/{kind}",
+        model_artifact=model_artifact or f"data/06_models/{dataset}/{kind}",
     )
 
 

@@ -54,7 +54,7 @@ def template(kind: str, dataset: str) -> Pipeline:
                 name="report",
             ),
             Node(
-                bind(nodes.write_model_card, kind=kind, dataset=dataset),
+                bind(nodes.write_template_model_card, kind=kind, dataset=dataset),
                 ["history", "metrics", "params:model_block", "train_full"],
                 "model_card",
                 name="model_card",

@@ -210,18 +210,14 @@ def write_sequence_model_card(
     """The model card on a user-sequence dataset: the metrics of the first protocol of
     ``settings`` (``params:sequence_evaluation``)."""
     label = PROTOCOL_LABELS[settings["protocols"][0]]
-    users = next(c for c in ("UserId", "SessionId") if c in loo_train.columns)
-    data = {"interactions": loo_train.height, "users": loo_train[users].n_unique(),
-            "items": loo_train["ItemId"].n_unique()}  # fmt: skip
     return nodes.write_model_card(
         history,
         main_protocol_metrics(metrics, settings),
-        block,
+        resolve_params(block, dataset),
         loo_train,
         kind=kind,
         dataset=dataset,
         protocol=PROTOCOL_WORDS[label],
-        data=data,
     )
 
 

@@ -12,7 +12,7 @@ from recsys_pipeline.evaluation import full_ranking, sampled_ranking
 from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity
 from recsys_pipeline.models.neumf import NeuMF, NeuMFParams
 from recsys_pipeline.models.registry import resolve_params
-from recsys_pipeline.pipelines.train.nodes import run_params
+from recsys_pipeline.pipelines.train.nodes import run_params, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +153,28 @@ def evaluate_time(
         metrics[label] = _metrics(full)
         logger.info("%-12s %s", label, full.label())
     return metrics, _tracked(metrics)
+
+
+#: the two protocols of this pipeline in words (model cards)
+PROTOCOLS = {
+    "ncf": "NCF split (each user's latest rating held out): full ranking with the user's "
+    "training items left out, and the legacy sampled ranking (1 positive + 100 negatives)",
+    "time": "global time split: every test rating of a user, full ranking with the user's "
+    "training items left out",
+}
+
+
+def model_card(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    block: dict[str, Any],
+    train: pl.DataFrame,
+    *,
+    split: str,
+) -> str:
+    """The model card next to ``movielens.neumf_<split>_model``."""
+    return write_model_card(
+        history, metrics, resolve_params(block, "movielens"), train, kind="neumf",
+        dataset="movielens", protocol=PROTOCOLS[split],
+        model_artifact=f"data/06_models/movielens/neumf_{split}",
+    )  # fmt: skip

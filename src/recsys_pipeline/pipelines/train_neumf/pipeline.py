@@ -10,6 +10,7 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from recsys_pipeline.pipelines.train_neumf import nodes
+from recsys_pipeline.pipelines.wiring import bind
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -34,6 +35,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["neumf_ncf_metrics", "neumf_ncf_tracked_metrics"],
                 name="evaluate_ncf",
             ),
+            Node(
+                bind(nodes.model_card, split="ncf"),
+                ["neumf_ncf_history", "neumf_ncf_metrics", "params:neumf", "ncf_train"],
+                "neumf_ncf_model_card",
+                name="model_card_ncf",
+            ),
         ],
         tags=["ncf"],
     )
@@ -50,6 +57,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["neumf_time_model", "time_train", "time_test", "params:neumf_evaluation"],
                 ["neumf_time_metrics", "neumf_time_tracked_metrics"],
                 name="evaluate_time",
+            ),
+            Node(
+                bind(nodes.model_card, split="time"),
+                ["neumf_time_history", "neumf_time_metrics", "params:neumf", "time_train"],
+                "neumf_time_model_card",
+                name="model_card_time",
             ),
         ],
         tags=["time_split"],

@@ -335,3 +335,24 @@ def report_final(
     return train.plot_report(
         history, metrics, final_params, kind=tune["model"], dataset=tune["dataset"], protocol=words
     )
+
+
+def final_model_card(
+    history: list[dict],
+    metrics: dict[str, dict[str, float]],
+    final_params: dict[str, Any],
+    train_full: pl.DataFrame,
+    sequence_evaluation: dict[str, Any],
+    tune: dict[str, Any],
+) -> str:
+    """The model card next to the tuned model (``tune.model``): trained with ``final_params``."""
+    kind, words = tune["model"], PROTOCOL_WORDS[""]
+    if _sequences(tune) and model_class(kind).task == "next_item":
+        metrics = sequence_nodes.main_protocol_metrics(metrics, sequence_evaluation)
+        words = PROTOCOL_WORDS[sequence_nodes.PROTOCOL_LABELS[sequence_evaluation["protocols"][0]]]
+    elif model_class(kind).task == "user_item":
+        words = "user-based full ranking on the time split, training items left out"
+    return train.write_model_card(
+        history, metrics, final_params, train_full, kind=kind, dataset=tune["dataset"],
+        protocol=words, model_artifact=f"data/06_models/{tune['dataset']}/{kind}_tuned",
+    )  # fmt: skip

@@ -82,6 +82,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["loss_curve", "metrics_plot"],
                 name="final_report",
             ),
+            Node(
+                nodes.final_model_card,
+                [
+                    "history",
+                    "metrics",
+                    "final_params",
+                    "train_full",
+                    "params:sequence_evaluation",
+                    "params:tune",
+                ],  # fmt: skip
+                "model_card",
+                name="final_model_card",
+            ),
         ],
         tags=["tune_final"],
         namespace="tune",
