@@ -46,6 +46,9 @@ def test_retrain_promotes_then_fine_tunes_and_ingests_exactly_once(project: Path
     first = cat.load("retrain.decision")
     assert first["promote"] and first["reason"].startswith("first champion")
     assert first["champion"] is None and first["challenger_version"] == "1"
+    card = cat.load("retrain.challenger_card")  # next to the challenger, with the decision
+    assert card.startswith("# Model card: GRU4Rec on synthetic") and "promoted to champion" in card
+    assert "| **challenger** |" in card
     # the corrupt file went to quarantine with a report; the good one was processed
     quarantine = project / "data/01_raw/synthetic/quarantine"
     assert (quarantine / "broken.csv").exists() and (quarantine / "broken.csv.report.json").exists()

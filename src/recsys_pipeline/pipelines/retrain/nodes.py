@@ -42,7 +42,7 @@ from recsys_pipeline.operations import ingest
 from recsys_pipeline.operations.champion import champion_challenger, current_champion
 from recsys_pipeline.pipelines.preprocess.nodes import _config
 from recsys_pipeline.pipelines.preprocess.nodes import check_raw_schema as check_raw_events
-from recsys_pipeline.pipelines.train.nodes import run_params
+from recsys_pipeline.pipelines.train.nodes import epoch_history, run_params, write_model_card
 from recsys_pipeline.preprocessing import run_protocol
 
 logger = logging.getLogger(__name__)
@@ -389,6 +389,28 @@ def decide(
     )
     logger.info("decision: %s (%s)", "PROMOTE" if decision.promote else "keep", decision.reason)
     return decision.to_dict()
+
+
+def challenger_card(
+    challenger: Any,
+    new_train: pl.DataFrame,
+    decision: dict[str, Any],
+    params: dict[str, Any],
+) -> str:
+    """The model card next to the challenger: its training data and parameters, and the
+    champion/challenger/baseline metrics on the newest window with the decision."""
+    metrics = {name: decision[name] for name in ("challenger", "champion", "baseline")
+               if decision.get(name)}  # fmt: skip
+    verdict = "promoted to champion" if decision.get("promote") else "not promoted"
+    protocol = (f"the newest window (not trained on), the models' shared evaluation; "
+                f"{verdict}: {decision.get('reason', '')}")  # fmt: skip
+    model_params = challenger.params.to_dict() if hasattr(challenger, "params") else {}
+    return write_model_card(
+        epoch_history(challenger) if hasattr(challenger, "history") else [],
+        metrics, model_params, new_train, kind=_kind(params), dataset=params["dataset"],
+        protocol=protocol, model="challenger",
+        model_artifact=f"data/06_models/{params['dataset']}/{_kind(params)}_challenger",
+    )  # fmt: skip
 
 
 def archive(

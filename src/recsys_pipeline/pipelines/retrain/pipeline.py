@@ -45,6 +45,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="decide",
             ),
             Node(
+                nodes.challenger_card,
+                ["challenger", "new_train", "decision", "params:retrain"],
+                "challenger_card",
+                name="challenger_card",
+            ),
+            Node(
                 nodes.archive,
                 ["ingest_report", "new_train", "window", "params:retrain", "decision"],
                 "history_update",

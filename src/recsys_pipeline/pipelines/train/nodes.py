@@ -215,10 +215,12 @@ def write_model_card(
     dataset: str,
     protocol: str = PROTOCOL_WORDS[""],
     model_artifact: str | None = None,
+    model: str | None = None,
 ) -> str:
     """The model card (Markdown) saved next to the ``kind`` model trained with ``params`` on
     ``dataset``'s ``train`` split: data, protocol, parameters, metrics next to the baselines',
-    training time and the source commit."""
+    training time and the source commit. ``model``: the model's row in ``metrics`` (default
+    ``kind``)."""
     who = next((c for c in ("SessionId", "UserId") if c in train.columns), None)
     data = {"rows": train.height}
     if who is not None:
@@ -232,7 +234,7 @@ def write_model_card(
         protocol=protocol,
         params=params,
         metrics=metrics,
-        model=kind,
+        model=model or kind,
         history=history,
         commit=git_commit(),
         model_artifact=model_artifact or f"data/06_models/{dataset}/{kind}",
