@@ -85,7 +85,9 @@ def read_events(
         for column in reader.columns:
             if column.kind in ("int", "time") and (typed.get_column(column.name) < 0).any():
                 reader.explain_negative(plain, paths, column.name)
-    logger.info("read %d raw events (%s format) from %s", typed.height, fmt, [p.name for p in paths])
+    logger.info(
+        "read %d raw events (%s format) from %s", typed.height, fmt, [p.name for p in paths]
+    )
     events = reader.standardize(typed).lazy()
     if kept_only:
         events = events.filter(pl.col("kept"))
