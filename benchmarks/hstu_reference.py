@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--reuse", action="store_true",
                    help="read our legs' results already in --out-dir instead of training again")  # fmt: skip
+    p.add_argument("--file-order", action="store_true",
+                   help="ours: same-second ratings in ratings.dat's line order (default: the "
+                        "order of the reference's own data, so both legs share targets)")  # fmt: skip
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                    help="also run ours with a validation item and this patience")  # fmt: skip
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out" / "hstu_reference")
@@ -99,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--patience", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--sequences-from", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -116,9 +120,21 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from recsys_pipeline.models.hstu import HSTU, HSTUParams
 
     torch.set_num_threads(args.threads)
-    events = read_sequences("movielens", args.ratings.parent, variant="ml-1m",
-                            file=args.ratings.name)  # fmt: skip
-    events = events.rename({"UserId": "SessionId"})
+    if args.sequences_from:  # the reference's sequences, in its order (ties included)
+        gr = pl.read_csv(args.sequences_from, infer_schema_length=0)
+        events = (
+            gr.select(
+                pl.col("user_id").cast(pl.Int64).alias("SessionId"),
+                pl.col("sequence_item_ids").str.split(",").cast(pl.List(pl.Int64)).alias("ItemId"),
+                pl.col("sequence_timestamps").str.split(",").cast(pl.List(pl.Int64)).alias("Time"),
+            )
+            .sort("SessionId", maintain_order=True)
+            .explode(["ItemId", "Time"])
+        )
+    else:
+        events = read_sequences("movielens", args.ratings.parent, variant="ml-1m",
+                                file=args.ratings.name)  # fmt: skip
+        events = events.rename({"UserId": "SessionId"})
     position = pl.int_range(pl.len()).over("SessionId")
     length = pl.len().over("SessionId")
     test = events.filter(position == length - 1)
@@ -173,6 +189,8 @@ def _child_ours(args: argparse.Namespace, seed: int, patience: int | None, out: 
            "--out", str(out), "--ratings", str(args.ratings), "--movies", str(args.movies),
            "--epochs", str(args.epochs), "--threads", str(args.threads)]  # fmt: skip
     cmd += ["--patience", str(patience)] if patience else []
+    if not args.file_order:
+        cmd += ["--sequences-from", str(_gr_data(args) / "ml-1m" / "sasrec_format.csv")]
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
