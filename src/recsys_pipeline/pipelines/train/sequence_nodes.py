@@ -175,6 +175,14 @@ def main_protocol_metrics(
     }
 
 
+def main_protocol(
+    metrics: dict[str, dict[str, float]], settings: dict[str, Any]
+) -> tuple[dict[str, dict[str, float]], str]:
+    """:func:`main_protocol_metrics` and that protocol in words (plots, model cards)."""
+    label = PROTOCOL_LABELS[settings["protocols"][0]]
+    return main_protocol_metrics(metrics, settings), PROTOCOL_WORDS[label]
+
+
 def plot_sequence_report(
     history: list[dict],
     metrics: dict[str, dict[str, float]],
@@ -186,14 +194,9 @@ def plot_sequence_report(
 ) -> tuple[Any, Any]:
     """The training template's plots on a user-sequence dataset: the bars show the first
     protocol of ``settings`` (``params:sequence_evaluation``), named in the title."""
-    label = PROTOCOL_LABELS[settings["protocols"][0]]
+    shown, words = main_protocol(metrics, settings)
     return nodes.plot_report(
-        history,
-        main_protocol_metrics(metrics, settings),
-        resolve_params(block, dataset),
-        kind=kind,
-        dataset=dataset,
-        protocol=PROTOCOL_WORDS[label],
+        history, shown, resolve_params(block, dataset), kind=kind, dataset=dataset, protocol=words
     )
 
 
@@ -209,16 +212,11 @@ def write_sequence_model_card(
 ) -> str:
     """The model card on a user-sequence dataset: the metrics of the first protocol of
     ``settings`` (``params:sequence_evaluation``)."""
-    label = PROTOCOL_LABELS[settings["protocols"][0]]
+    shown, words = main_protocol(metrics, settings)
     return nodes.write_model_card(
-        history,
-        main_protocol_metrics(metrics, settings),
-        resolve_params(block, dataset),
-        loo_train,
-        kind=kind,
-        dataset=dataset,
-        protocol=PROTOCOL_WORDS[label],
-    )
+        history, shown, resolve_params(block, dataset), loo_train, kind=kind, dataset=dataset,
+        protocol=words,
+    )  # fmt: skip
 
 
 def users_for_recommendations(

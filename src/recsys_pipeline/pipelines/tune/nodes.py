@@ -318,6 +318,20 @@ def evaluate_final(
     return train.evaluate_models(model, train_full, test, evaluation, kind=kind)
 
 
+def _final_protocol(
+    metrics: dict[str, dict[str, float]],
+    sequence_evaluation: dict[str, Any],
+    tune: dict[str, Any],
+) -> tuple[dict[str, dict[str, float]], str]:
+    """The final model's metrics as reports show them, and their protocol in words."""
+    task = model_class(tune["model"]).task
+    if _sequences(tune) and task == "next_item":
+        return sequence_nodes.main_protocol(metrics, sequence_evaluation)
+    if task == "user_item":
+        return metrics, "user-based full ranking on the time split, training items left out"
+    return metrics, PROTOCOL_WORDS[""]
+
+
 def report_final(
     history: list[dict],
     metrics: dict[str, dict[str, float]],
@@ -326,12 +340,7 @@ def report_final(
     tune: dict[str, Any],
 ) -> tuple[Any, Any]:
     """The training template's plots of the final model (trained with ``final_params``)."""
-    words = PROTOCOL_WORDS[""]
-    if _sequences(tune) and model_class(tune["model"]).task == "next_item":
-        metrics = sequence_nodes.main_protocol_metrics(metrics, sequence_evaluation)
-        words = PROTOCOL_WORDS[sequence_nodes.PROTOCOL_LABELS[sequence_evaluation["protocols"][0]]]
-    elif model_class(tune["model"]).task == "user_item":
-        words = "user-based full ranking on the time split, training items left out"
+    metrics, words = _final_protocol(metrics, sequence_evaluation, tune)
     return train.plot_report(
         history, metrics, final_params, kind=tune["model"], dataset=tune["dataset"], protocol=words
     )
@@ -346,12 +355,8 @@ def final_model_card(
     tune: dict[str, Any],
 ) -> str:
     """The model card next to the tuned model (``tune.model``): trained with ``final_params``."""
-    kind, words = tune["model"], PROTOCOL_WORDS[""]
-    if _sequences(tune) and model_class(kind).task == "next_item":
-        metrics = sequence_nodes.main_protocol_metrics(metrics, sequence_evaluation)
-        words = PROTOCOL_WORDS[sequence_nodes.PROTOCOL_LABELS[sequence_evaluation["protocols"][0]]]
-    elif model_class(kind).task == "user_item":
-        words = "user-based full ranking on the time split, training items left out"
+    kind = tune["model"]
+    metrics, words = _final_protocol(metrics, sequence_evaluation, tune)
     return train.write_model_card(
         history, metrics, final_params, train_full, kind=kind, dataset=tune["dataset"],
         protocol=words, model_artifact=f"data/06_models/{tune['dataset']}/{kind}_tuned",
