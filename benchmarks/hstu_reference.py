@@ -1,20 +1,22 @@
-"""HSTU side by side with Meta's research trainer (facebookresearch/generative-recommenders),
-same data, configuration, epochs and seeds, under the reference's protocol: accuracy of both
-legs, training speed of both.
+"""HSTU (or SASRec, ``--model sasrec``) side by side with Meta's research trainer
+(facebookresearch/generative-recommenders), same data, configuration, epochs and seeds, under
+the reference's protocol: accuracy of both legs, training speed of both.
 
 Both legs run as child processes with ``torch.set_num_threads(--threads)``:
 
 * **reference**: ``../shared/reference/drive_gr.py`` (``--driver``) runs the research
-  trainer unmodified from ``--gr-src`` (commit 2e81fab) with the gin configuration of HSTU
-  (``--gin``, default ``configs/ml-1m/hstu-sampled-softmax-n128-final.gin``) in ``--gr-python``
+  trainer unmodified from ``--gr-src`` (commit 2e81fab) with the gin configuration of the
+  model (``--gin``, default ``configs/ml-1m/<model>-sampled-softmax-n128-final.gin``) in
+  ``--gr-python``
   (the reference venv with fbgemm-gpu-cpu). Its data is written once by
   ``../shared/reference/prep_gr_ml1m.py`` into ``<out-dir>/gr_data``. ``--no-anomaly`` turns
   off the ``set_detect_anomaly(True)`` the trainer enables (measure speed both ways).
   Environment variables ``HSTU_GR_SRC`` / ``HSTU_GR_PYTHON`` set both.
-* **ours**: ``recsys_pipeline.models.hstu.HSTU`` with the same configuration, on the same
-  ratings read by the project's MovieLens reader (a stable sort by time: same-second ratings
-  keep their file order; the reference's pandas sort is not stable, so a few same-second
-  pairs may be ordered differently).
+* **ours**: ``recsys_pipeline.models.hstu.HSTU`` / ``...sasrec.SASRec`` with the block of
+  ``conf/generative_recommenders`` (the reference's configuration, ``<model>.ml1m`` over
+  ``<model>.defaults``), on the reference's own converted sequences (``--file-order``: the
+  ratings read by the project's MovieLens reader, same-second ratings in file order; the
+  reference's pandas sort is not stable, so many same-second pairs are ordered differently).
 
 The protocol (the reference's ``eval_metrics_v2_from_tensors``): per user, training = every
 item but the last (each position predicts the next), test target = the last item, the query
@@ -33,6 +35,7 @@ Example (accuracy, hours; 2 seeds, two runs at a time)::
     export HSTU_GR_PYTHON=../refrun/venv/bin/python
     python benchmarks/hstu_reference.py --epochs 50 --seeds 1 2 --jobs 2
     python benchmarks/hstu_reference.py --epochs 2 --seeds 1 --jobs 1 --no-anomaly  # speed
+    python benchmarks/hstu_reference.py --model sasrec --epochs 50 --seeds 1 2 --jobs 2
 """
 
 from __future__ import annotations
@@ -55,21 +58,10 @@ SHARED = ROOT / ".." / "shared"
 ML1M = SHARED / "data" / "real" / "movielens_1m_partial"
 DRIVER = SHARED / "reference" / "drive_gr.py"
 PREP = SHARED / "reference" / "prep_gr_ml1m.py"
-#: the reference's ML-1M HSTU configuration in our parameter names
-CONFIG = {
-    "maxlen": 200,
-    "hidden_units": 50,
-    "num_blocks": 2,
-    "num_heads": 1,
-    "dqk": 50,
-    "dv": 50,
-    "dropout_rate": 0.2,
-    "linear_dropout_rate": 0.2,
-    "n_negatives": 128,
-    "temperature": 0.05,
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "batch_size": 128,
+ENV = "generative_recommenders"  # conf/<ENV>: the reference's configurations for ml1m
+GIN = {
+    "hstu": "configs/ml-1m/hstu-sampled-softmax-n128-final.gin",
+    "sasrec": "configs/ml-1m/sasrec-sampled-softmax-n128-final.gin",
 }
 MAX_K = 2500  # the reference's cap (recsys_pipeline.evaluation.last_item.GR_MAX_RANK)
 METRICS = ("ndcg@10", "ndcg@50", "hr@10", "hr@50", "mrr")
@@ -87,28 +79,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driver", type=Path, default=DRIVER)
     p.add_argument("--gr-src", default=os.environ.get("HSTU_GR_SRC"))
     p.add_argument("--gr-python", default=os.environ.get("HSTU_GR_PYTHON"))
-    p.add_argument("--gin", default="configs/ml-1m/hstu-sampled-softmax-n128-final.gin")
+    p.add_argument("--model", choices=sorted(GIN), default="hstu")
+    p.add_argument("--gin", help="the reference's gin file (default: the model's ML-1M one)")
     p.add_argument("--no-anomaly", action="store_true", help="reference: anomaly detection off")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--reuse", action="store_true",
-                   help="read our legs' results already in --out-dir instead of training again")  # fmt: skip
+                   help="read the results already in --out-dir instead of training again")  # fmt: skip
     p.add_argument("--file-order", action="store_true",
                    help="ours: same-second ratings in ratings.dat's line order (default: the "
                         "order of the reference's own data, so both legs share targets)")  # fmt: skip
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                    help="also run ours with a validation item and this patience")  # fmt: skip
-    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out" / "hstu_reference")
+    p.add_argument("--out-dir", type=Path, help="default: benchmarks/out/<model>_reference")
     p.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--patience", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--sequences-from", type=Path, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.gin = args.gin or GIN[args.model]
+    args.out_dir = args.out_dir or ROOT / "benchmarks" / "out" / f"{args.model}_reference"
+    return args
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """``<model>.ml1m`` over ``<model>.defaults`` as ``kedro run --env generative_recommenders``
+    reads them (conf/base + conf/generative_recommenders, deep-merged), without the run
+    setting ``num_threads``."""
+    from kedro.config import OmegaConfigLoader
+
+    from recsys_pipeline.models.registry import resolve_params
+
+    loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env=ENV,
+                               merge_strategy={"parameters": "soft"})  # fmt: skip
+    params = resolve_params(loader["parameters"][model], "ml1m")
+    params.pop("num_threads", None)
+    return params
 
 
 # ------------------------------------------------------------------------------- our leg
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate our HSTU once (in this process)."""
+    """Train and evaluate our model once (in this process)."""
     import resource
 
     import numpy as np
@@ -117,7 +128,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     from recsys_pipeline.datasets.sequences import read_sequences
     from recsys_pipeline.evaluation.last_item import capped_rank_metrics, evaluate_last_item
-    from recsys_pipeline.models.hstu import HSTU, HSTUParams
+    from recsys_pipeline.models.registry import create_model
 
     torch.set_num_threads(args.threads)
     if args.sequences_from:  # the reference's sequences, in its order (ties included)
@@ -150,9 +161,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     if args.patience:
         valid = history.filter(position == length - 2)
         train = history.filter(position < length - 2)
-    params = HSTUParams(**CONFIG, num_epochs=args.epochs, seed=args.seed, device="cpu",
-                        patience=args.patience)  # fmt: skip
-    model = HSTU(params)
+    config = model_config(args.model) | {"num_epochs": args.epochs, "seed": args.seed,
+                                         "device": "cpu", "patience": args.patience}  # fmt: skip
+    model = create_model(args.model, config)
+    params = model.params
     start = time.perf_counter()
     model.fit(train, valid=valid, item_ids=universe, progress=False)
     train_s = time.perf_counter() - start
@@ -166,6 +178,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     metrics = capped_rank_metrics(result.ranks, (10, 50), MAX_K)
     return {
         "leg": "ours" if not args.patience else "ours_early_stopping",
+        "model": args.model,
         "seed": args.seed,
         "epochs": args.epochs,
         "epochs_run": len(model.history),
@@ -186,6 +199,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- orchestration
 def _child_ours(args: argparse.Namespace, seed: int, patience: int | None, out: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(seed),
+           "--model", args.model,
            "--out", str(out), "--ratings", str(args.ratings), "--movies", str(args.movies),
            "--epochs", str(args.epochs), "--threads", str(args.threads)]  # fmt: skip
     cmd += ["--patience", str(patience)] if patience else []
@@ -216,8 +230,12 @@ def _child_reference(args: argparse.Namespace, seed: int, data: Path) -> dict[st
            "--work-dir", str((args.out_dir / f"work_{seed}").resolve()),
            "--out-dir", str(args.out_dir.resolve()), "--tag", tag]  # fmt: skip
     cmd += ["--no-anomaly"] if args.no_anomaly else []
-    text, rss = run_process(cmd, dict(os.environ), args.out_dir)
-    (args.out_dir / f"{tag}.log").write_text(text)
+    rss = None
+    if args.reuse and (args.out_dir / f"{tag}.json").exists():
+        print(f"reference seed {seed}: reusing {args.out_dir / f'{tag}.json'}", flush=True)
+    else:
+        text, rss = run_process(cmd, dict(os.environ), args.out_dir)
+        (args.out_dir / f"{tag}.log").write_text(text)
     raw = json.loads((args.out_dir / f"{tag}.json").read_text())
     final = raw["per_epoch"][-1]["metrics"]
     return {
@@ -268,7 +286,7 @@ def report(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             summary["speed_ratio"] = ratio
             lines.append(f"training sequences/s, median: ours / reference = {ratio:.2f}x")
     lines.append("protocol: full ranking over every movies.dat id, the history window "
-                 "excluded, the last item of every user, query at the target's time, ranks "
+                 "excluded, the last item of every user, query at the target's time (HSTU), ranks "
                  f"beyond {MAX_K} capped (reference's eval_metrics_v2)")  # fmt: skip
     return "\n".join(lines), summary
 

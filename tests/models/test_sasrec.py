@@ -179,6 +179,70 @@ def test_pmixer_variant_is_the_ports_forward(heads: int) -> None:
     assert not torch.allclose(masked[real], reference[real], atol=1e-3)
 
 
+def _gr_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
+    """generative-recommenders' SASRec (``research/modeling/sequential/sasrec.py``, 2e81fab),
+    re-stated with its building blocks: ``items [B, N]`` 1-based ids **right** padded with 0,
+    positions ``0 .. N-1`` from the row start, ``nn.MultiheadAttention`` under a causal mask
+    only, ``F.layer_norm`` without weights (eps 1e-8), the padding computed and zeroed after
+    every block, no final LayerNorm, the output L2-normalised. Returns ``[B, N, D]``."""
+    seq_ids = torch.as_tensor(items, dtype=torch.long)
+    b, n = seq_ids.shape
+    d = net.item_emb.embedding_dim
+    valid = (seq_ids != 0).float().unsqueeze(-1)
+    x = (net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)]) * valid
+    causal = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)
+    for block in net.blocks:
+        mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.k.weight,
+                                                block.attn.v.weight]))  # fmt: skip
+            mha.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.k.bias,
+                                              block.attn.v.bias]))  # fmt: skip
+            mha.out_proj.weight.copy_(block.attn.out.weight)
+            mha.out_proj.bias.copy_(block.attn.out.bias)
+        mha.eval()
+        q = F.layer_norm(x, (d,), eps=1e-8)
+        attended, _ = mha(q, x, x, attn_mask=causal, need_weights=False)
+        h = F.layer_norm(q + attended, (d,), eps=1e-8)
+        x = (block.ffn.outer(F.relu(block.ffn.inner(h))) + h) * valid
+    return F.normalize(x, dim=-1, eps=1e-6) * valid
+
+
+GR_SETTING = dict(out_projection=True, norm_affine=False, final_norm=False,
+                  positions="from_start", init="gr", l2_norm=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_generative_recommenders_variant_is_their_forward(heads: int) -> None:
+    """generative-recommenders' SASRec setting (``conf/generative_recommenders``) computes
+    their network whatever the batch width; each of its four differences from the original
+    (output projection, plain layer norms, no final LayerNorm, positions from the start)
+    changes the output."""
+    params = SASRecParams(maxlen=10, hidden_units=12, num_heads=heads, device="cpu", **GR_SETTING)
+    net = _random_net(params)
+    right = np.zeros((len(ROWS), 10), dtype=np.int64)
+    for r, row in enumerate(ROWS):
+        right[r, : len(row)] = np.asarray(row) + 1
+    with torch.no_grad():
+        reference = _gr_forward(net, right)
+        for width in (8, 10):
+            items = _left_padded(ROWS, width)
+            ours = SASRecNet.forward(net, torch.as_tensor(items))
+            ours = F.normalize(ours, dim=-1, eps=1e-6)
+            for r, row in enumerate(ROWS):
+                torch.testing.assert_close(ours[r, width - len(row) :], reference[r, : len(row)],
+                                           atol=1e-5, rtol=1e-5)  # fmt: skip
+        items = torch.as_tensor(_left_padded(ROWS, 10))
+        real = items >= 0
+        for change in ({"out_projection": False}, {"norm_affine": True}, {"final_norm": True},
+                       {"positions": "from_end"}):  # fmt: skip
+            other = _random_net(SASRecParams(maxlen=10, hidden_units=12, num_heads=heads,
+                                             device="cpu", **(GR_SETTING | change)))  # fmt: skip
+            out = F.normalize(other(items), dim=-1, eps=1e-6)
+            gr = F.normalize(net(items), dim=-1, eps=1e-6)
+            assert not torch.allclose(out[real], gr[real], atol=1e-3), change
+
+
 def test_pmixer_init_is_the_ports() -> None:
     """``init="pmixer"``: xavier_normal over the port's shapes (Q/K/V stacked [3D, D]: a std
     sqrt(2) below the TF Glorot kernels), zero attention biases, default feed-forward biases
@@ -205,6 +269,27 @@ def test_pmixer_init_is_the_ports() -> None:
     assert stds["pmixer"] == pytest.approx(math.sqrt(2 / (4 * d)), rel=0.05)
     with pytest.raises(ValueError, match="init must be one of"):
         SASRecParams(init="kaiming")
+
+
+def test_gr_init_is_theirs() -> None:
+    """``init="gr"``: pmixer's blocks, the item table truncated normal (std 0.02) and the
+    position table truncated normal (std 1/sqrt(D)), both cut at two standard deviations."""
+    d, n_items = 64, 3000
+    torch.manual_seed(0)
+    net = SASRecNet(n_items, SASRecParams(hidden_units=d, init="gr", device="cpu", **{
+        k: v for k, v in GR_SETTING.items() if k != "init"}))  # fmt: skip
+    items, positions = net.item_emb.weight[1:].detach(), net.pos_emb.weight.detach()
+    assert torch.count_nonzero(net.item_emb.weight[0]) == 0
+    for table, std in ((items, 0.02), (positions, d**-0.5)):
+        assert float(table.abs().max()) <= 2 * std
+        # a normal cut at 2 std has std 0.880 std
+        assert float(table.std()) == pytest.approx(0.880 * std, rel=0.05)
+    block = net.blocks[0]
+    qk = torch.cat([block.attn.q.weight, block.attn.k.weight]).detach()
+    assert float(qk.std()) == pytest.approx(math.sqrt(2 / (4 * d)), rel=0.05)
+    assert not any(isinstance(m, torch.nn.LayerNorm) and m.elementwise_affine
+                   for m in net.modules())  # fmt: skip
+    assert isinstance(net.last_norm, torch.nn.Identity)
 
 
 def test_causal_a_future_item_never_changes_a_past_output() -> None:
@@ -364,12 +449,16 @@ def test_registry_save_load_recommend_and_fine_tune(tmp_path) -> None:
     assert top.items.shape == (1, 3)
 
 
-def test_batched_ranks_equal_the_step_adapter() -> None:
-    """The batched last-item evaluation and the step path give the same ranks (positions count
-    from the end, so every target is encoded with exactly its window)."""
+@pytest.mark.parametrize("positions", ["from_end", "from_start"])
+def test_batched_ranks_equal_the_step_adapter(positions: str) -> None:
+    """The batched last-item evaluation and the step path give the same ranks (positions from
+    the end: every target is encoded with exactly its window; from the start: prefix
+    consistent, one head row per sequence plus a row per target beyond ``maxlen``)."""
     train = successor_sessions(30, 150, seed=1)
     test = successor_sessions(30, 40, seed=2, first_session_id=10**6, max_len=14)
-    model = SASRec(SASRecParams(maxlen=6, hidden_units=16, num_epochs=2, device="cpu"))
+    model = SASRec(SASRecParams(maxlen=6, hidden_units=16, num_epochs=2, device="cpu",
+                                positions=positions))  # fmt: skip
+    assert model.prefix_consistent == (positions == "from_start")
     model.fit(train, progress=False)
     batched = evaluate_last_item(model, test, user_key="SessionId", return_ranks=True)
     step = evaluate_last_item(EncoderStepAdapter(model), test, user_key="SessionId",
@@ -383,6 +472,10 @@ def test_bad_parameters_are_named() -> None:
         SASRecParams(hidden_units=50, num_heads=3)
     with pytest.raises(ValueError, match="loss must be one of"):
         SASRecParams(loss="bpr")
+    with pytest.raises(ValueError, match="positions must be one of"):
+        SASRecParams(positions="middle")
+    with pytest.raises(ValueError, match="counts positions from the end"):
+        SASRecParams(attend_padding=True, positions="from_start")
     with pytest.raises(ValueError, match="unknown|valid"):
         SASRecParams.from_dict({"hidden_size": 3})
 

@@ -96,8 +96,8 @@ def test_raw_dir_override_and_failed_runs_write_nothing(project: Path, monkeypat
     before, written = versions(project), files(project)
     assert len(before) == len(OUTPUTS) and all(len(v) == 1 for v in before.values())
 
-    def leaky(sequences: pl.DataFrame, min_items: int = 3) -> S.LeaveOneOut:
-        loo = real(sequences, min_items)  # a bug: the test event also stays in train
+    def leaky(sequences: pl.DataFrame, min_items: int = 3, holdout: str = "valid_test"):
+        loo = real(sequences, min_items, holdout)  # a bug: the test event also stays in train
         return S.LeaveOneOut(pl.concat([loo.train, loo.test]), loo.valid, loo.test)
 
     real = S.leave_one_out

@@ -127,3 +127,55 @@ def test_tune_a_sequence_model_on_a_sequence_dataset(prepared: Path, kind: str):
     assert "full_hist_excluded.ndcg@10" in metrics[kind]
     model = cat.load("tune.model")
     assert model.kind == kind and model.params.lr == best["params"]["lr"]
+
+
+def test_generative_recommenders_environment(project: Path):
+    """``--env generative_recommenders``: their SASRec configuration for ``ml1m`` (on top of
+    conf/base, deep-merged), ``holdout: test`` and the ``gr.*`` protocol; the same setting on
+    the synthetic data trains on every item but the last and reports ``gr.*`` metrics; early
+    stopping without validation items is a clear error."""
+    from kedro.framework.session import KedroSession
+
+    from recsys_pipeline.models.registry import create_model, resolve_params
+    from recsys_pipeline.pipelines.preprocess_sequences.pipeline import SPLITS
+
+    env = "generative_recommenders"
+    with KedroSession.create(project_path=project, env=env) as session:
+        params = session.load_context().params
+    assert params["preprocess_sequences"]["ml1m"]["holdout"] == "test"
+    assert params["preprocess_sequences"]["ml1m"]["format"] == "movielens"  # base kept
+    assert params["sequence_evaluation"]["protocols"][0] == "generative_recommenders"
+    gr = resolve_params(params["sasrec"], "ml1m")
+    model = create_model("sasrec", {k: v for k, v in gr.items() if k != "num_threads"})
+    p = model.params
+    assert (p.maxlen, p.hidden_units, p.num_blocks, p.num_heads, p.dropout_rate) == (
+        200, 50, 2, 1, 0.2)  # fmt: skip
+    assert (p.loss, p.n_negatives, p.temperature, p.l2_norm) == ("sampled_softmax", 128, 0.05, True)
+    assert (p.out_projection, p.norm_affine, p.final_norm, p.positions, p.init) == (
+        True, False, False, "from_start", "gr")  # fmt: skip
+    assert model.prefix_consistent
+
+    setting = {k: gr[k] for k in ("loss", "l2_norm", "out_projection", "norm_affine",
+                                  "final_norm", "positions", "init", "temperature")}  # fmt: skip
+    small = {**SMALL, "preprocess_sequences": {"synthetic_seq": {"holdout": "test"}},
+             "sasrec": {"synthetic_seq": {**SMALL["sasrec"]["synthetic_seq"], **setting,
+                                          "n_negatives": 16}}}  # fmt: skip
+    session = {"env": env, "runtime_params": small}
+    run(project, "synthetic", node_names=["synthetic.generate_sequences_raw"], session=session)
+    run(project, "preprocess_sequences", namespaces=["synthetic_seq"], session=session)
+    run(project, "train", namespaces=["synthetic_seq.sasrec"], session=session)
+    with KedroSession.create(project_path=project, env=env) as s:
+        cat = s.load_context().catalog
+    sequences = cat.load("synthetic_seq.sequences")
+    train, valid, test = (cat.load(f"synthetic_seq.{n}") for n in SPLITS)
+    assert valid.height == 0 and train.height + test.height == sequences.height
+    assert cat.load("synthetic_seq.seq_validation_report")["holdout"] == "test"
+    metrics = cat.load("synthetic_seq.sasrec.metrics")["sasrec"]
+    assert metrics["gr.n_targets"] + metrics["gr.n_unknown_targets"] == test.height
+    assert 0 < metrics["gr.ndcg@10"] <= metrics["gr.hr@10"]
+    assert cat.load("synthetic_seq.sasrec.model").params.positions == "from_start"
+    stopping = {**small, "sasrec": {"synthetic_seq": {**small["sasrec"]["synthetic_seq"],
+                                                      "patience": 1}}}  # fmt: skip
+    with pytest.raises(Exception, match="needs validation items"):
+        run(project, "train", namespaces=["synthetic_seq.sasrec"],
+            session={"env": env, "runtime_params": stopping})  # fmt: skip

@@ -51,6 +51,19 @@ def test_threshold_two_and_four():
     assert loo.train.height == SEQUENCES.height - 2
 
 
+def test_holdout_test_keeps_the_second_to_last_in_train():
+    """generative-recommenders' protocol: the last event tests, every other event trains."""
+    loo = leave_one_out(SEQUENCES, holdout="test")
+    assert loo.valid.height == 0 and loo.valid.schema == SEQUENCES.schema
+    assert loo.test.equals(frame([(3, 32, 2), (4, 42, 7)]))
+    assert loo.train.equals(
+        frame([(1, 10, 0), (2, 20, 0), (2, 21, 1), (3, 30, 0), (3, 31, 1), (4, 40, 5),
+               (4, 41, 7), (4, 43, 7)])
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        leave_one_out(SEQUENCES, holdout="valid")
+
+
 def test_threshold_below_two_is_rejected():
     with pytest.raises(ValueError, match="min_items must be >= 2"):
         leave_one_out(SEQUENCES, min_items=1)

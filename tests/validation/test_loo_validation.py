@@ -74,3 +74,29 @@ def test_unsorted_sequences_and_wrong_types():
     loo = leave_one_out(SEQUENCES)
     got = failed(artifacts(loo_test=loo.test.with_columns(pl.col("ItemId").cast(pl.Float64))))
     assert got == {"loo_test": {"ItemId_kind"}}
+
+
+def test_holdout_test_only_passes_and_a_leftover_valid_row_fails():
+    """generative-recommenders' protocol (``holdout="test"``): no validation rows, train keeps
+    the second-to-last event; a split made with a validation item fails that suite, naming the
+    size and the users."""
+    loo = leave_one_out(SEQUENCES, holdout="test")
+    frames = {"sequences": SEQUENCES, "loo_train": loo.train, "loo_valid": loo.valid,
+              "loo_test": loo.test}  # fmt: skip
+    report = validate_loo_splits(frames, "tiny", min_items=3, holdout="test")
+    assert report["success"] is True and report["holdout"] == "test"
+    assert loo.valid.height == 0 and loo.train.height == SEQUENCES.height - 2
+    with pytest.raises(DataValidationError) as err:
+        validate_loo_splits(artifacts(), "tiny", min_items=3, holdout="test")
+    broken = {
+        name: {e["check"] for e in a["expectations"] if not e["success"]}
+        for name, a in err.value.report["artifacts"].items()
+        if not a["success"]
+    }
+    assert broken == {"loo_train": {"loo_train_size"},
+                      "loo_valid": {"no_valid_rows", "loo_valid_size"}}  # fmt: skip
+    # the test event is checked against the last train event when there is no valid one
+    late = loo.test.with_columns(pl.when(pl.col("UserId") == 4).then(0).otherwise(pl.col("Time"))
+                                 .alias("Time"))  # fmt: skip
+    with pytest.raises(DataValidationError, match="test_not_before_valid"):
+        validate_loo_splits(frames | {"loo_test": late}, "tiny", min_items=3, holdout="test")

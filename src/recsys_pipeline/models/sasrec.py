@@ -38,6 +38,16 @@ Where popular PyTorch ports differ (each is a test in ``tests/models/test_sasrec
   than three Glorot ``[D, D]`` kernels), and leaves the feed-forward biases at PyTorch's
   default ``U(-1/sqrt(D), 1/sqrt(D))``: ``init="pmixer"``.
 * pmixer's ``l2_emb`` adds the (non-squared) norm; the TF code the squared norm / 2.
+* generative-recommenders' SASRec (``research/modeling/sequential/sasrec.py``, commit
+  2e81fab; its ML-1M configuration ``sasrec-sampled-softmax-n128-final.gin`` in
+  ``conf/generative_recommenders``) has pmixer's block with ``nn.MultiheadAttention`` (output
+  projection, ``out_projection=True``), layer norms without gain and bias
+  (``norm_affine=False``), **no** LayerNorm after the last block (``final_norm=False``),
+  positions counted from the first item of the window (``positions="from_start"``; its rows
+  are right padded), truncated-normal tables (``init="gr"``), L2-normalised queries and items
+  (``l2_norm``) and a sampled softmax with 128 uniform negatives at temperature 0.05. Its
+  padding positions are computed and zeroed after every block, but with right padding under
+  a causal mask no real position attends them, so skipping them is the same network.
 * Since 2025 pmixer defaults to ``norm_first=False``, a **post-LN** block
   (``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, keys normalised too): our ``norm_first=False``.
   Our ``norm_first=True`` (default) is the original query-only layout above.
@@ -88,7 +98,8 @@ __all__ = ["LOSSES", "SASRec", "SASRecNet", "SASRecParams"]
 
 LOSSES = ("bce", "ce", "sampled_softmax")
 NEGATIVES = ("uniform", "popularity")
-INITS = ("tf", "pmixer")
+INITS = ("tf", "pmixer", "gr")
+POSITIONS = ("from_end", "from_start")
 _LN_EPS = 1e-8  # the TF normalize() and pmixer's LayerNorm
 
 
@@ -126,7 +137,15 @@ class SASRecParams(ModelParams):
             (the TF code has none).
         init: ``"tf"``: the TF defaults (Glorot-uniform, zero biases); ``"pmixer"``: the
             port's ``xavier_normal_`` over the stacked Q/K/V matrix and default
-            feed-forward biases (module docstring).
+            feed-forward biases (module docstring); ``"gr"``: generative-recommenders'
+            SASRec (pmixer's blocks, truncated-normal tables).
+        positions: ``"from_end"``: the last item always at position ``maxlen - 1`` (the
+            original and pmixer); ``"from_start"``: the first item of the window at position
+            0 (generative-recommenders' SASRec).
+        final_norm: the original's LayerNorm after the last block (generative-recommenders'
+            SASRec has none: the last block's output goes to the L2 normalisation).
+        norm_affine: learned gain and bias in the layer norms (generative-recommenders:
+            none, ``F.layer_norm`` without weights).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
             faster; changes which sequences share a batch); 0 = off, the reference's batches.
         patience: early stopping after this many epochs without a better validation metric
@@ -164,6 +183,9 @@ class SASRecParams(ModelParams):
     attend_padding: bool = False
     out_projection: bool = False
     init: str = "tf"
+    positions: str = "from_end"
+    final_norm: bool = True
+    norm_affine: bool = True
     bucket: int = 0
     patience: int | None = None
     valid_metric: str = "ndcg@10"
@@ -200,6 +222,10 @@ class SASRecParams(ModelParams):
             errors.append(f"bucket must be >= 0, got {self.bucket}")
         if self.init not in INITS:
             errors.append(f"init must be one of {INITS}, got {self.init!r}")
+        if self.positions not in POSITIONS:
+            errors.append(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.attend_padding and self.positions != "from_end":
+            errors.append("attend_padding (pmixer's network) counts positions from the end")
         if self.patience is not None and self.patience < 1:
             errors.append(f"patience must be >= 1 or None, got {self.patience}")
         if errors:
@@ -230,6 +256,7 @@ class _Layout:
     Attributes:
         index: ``[T]`` flat positions ``b * L + c`` of the real tokens, row-major.
         batch: ``B``; length: ``L``.
+        lengths: ``[B]`` real items per row.
         groups: ``(rows [Bg], width W, allowed [Bg, 1, W, W])`` per group: the query column
             may attend the key column (causal, real keys; the diagonal keeps a padding row
             from having no key at all).
@@ -238,6 +265,7 @@ class _Layout:
     index: torch.Tensor
     batch: int
     length: int
+    lengths: torch.Tensor
     groups: list[tuple[torch.Tensor, int, torch.Tensor]]
 
     @classmethod
@@ -258,7 +286,7 @@ class _Layout:
             causal = torch.ones(width, width, dtype=torch.bool, device=items.device).tril()
             allowed = ((causal & keys.unsqueeze(1)) | eye).unsqueeze(1)  # [Bg, 1, W, W]
             groups.append((rows, int(width), allowed))
-        return cls(index, batch, length, groups)
+        return cls(index, batch, length, lengths, groups)
 
     def scatter(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, F]`` -> ``[B, L, F]``, zero at padding."""
@@ -324,9 +352,10 @@ class _Block(nn.Module):
         super().__init__()
         self.norm_first = params.norm_first
         dropout = params.dropout_rate
-        self.attn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
+        affine = params.norm_affine
+        self.attn_norm = nn.LayerNorm(dim, eps=_LN_EPS, elementwise_affine=affine)
         self.attn = _Attention(dim, params.num_heads, dropout, params.out_projection)
-        self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS, elementwise_affine=affine)
         self.ffn = _FeedForward(dim, dropout)
 
     def forward(self, x: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -345,7 +374,9 @@ class SASRecNet(nn.Module):
     ``item_emb`` has ``n_items + 1`` rows: row 0 is padding (always zero), item index ``i`` is
     row ``i + 1``. ``pos_emb`` has ``maxlen`` rows; column ``c`` of a left-padded batch of width
     ``L`` gets position ``maxlen - L + c``, so the last item is always at position
-    ``maxlen - 1`` whatever the batch width (the reference pads every row to ``maxlen``).
+    ``maxlen - 1`` whatever the batch width (the reference pads every row to ``maxlen``);
+    with ``positions="from_start"`` a row of ``n`` items gets ``c - (L - n)``, its first item
+    position 0.
     Padding positions are never computed (their outputs are zero), which equals the
     reference's zeroing of padding rows after every block.
     """
@@ -360,25 +391,38 @@ class SASRecNet(nn.Module):
         self.pos_emb = nn.Embedding(params.maxlen, d)
         self.emb_drop = nn.Dropout(params.dropout_rate)
         self.blocks = nn.ModuleList(_Block(d, params) for _ in range(params.num_blocks))
-        self.last_norm = nn.LayerNorm(d, eps=_LN_EPS)
+        self.from_start = params.positions == "from_start"
+        self.last_norm: nn.Module = (
+            nn.LayerNorm(d, eps=_LN_EPS, elementwise_affine=params.norm_affine)
+            if params.final_norm
+            else nn.Identity()
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``init="tf"``: TF defaults (Glorot-uniform tables and kernels, zero biases, unit LN
         gains). ``"pmixer"``: the port's ``xavier_normal_`` of every matrix as its modules
         hold them (the item and position tables with their padding rows, Q/K/V stacked
-        ``[3D, D]``), zero attention biases, PyTorch's default feed-forward biases."""
+        ``[3D, D]``), zero attention biases, PyTorch's default feed-forward biases. ``"gr"``:
+        generative-recommenders' SASRec: the same blocks (``xavier_normal_`` of every matrix
+        of ``nn.MultiheadAttention`` and the kernel-1 convolutions, default biases), the item
+        table truncated normal (std 0.02) and the position table truncated normal
+        (std ``1 / sqrt(D)``), both cut at two standard deviations."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.xavier_uniform_(module.weight)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        if self.init == "pmixer":
+        if self.init in ("pmixer", "gr"):
             self._pmixer_init()
+        if self.init == "gr":  # its blocks are pmixer's; its tables truncated normal
+            d = self.item_emb.embedding_dim
+            for table, std in ((self.item_emb.weight, 0.02), (self.pos_emb.weight, d**-0.5)):
+                nn.init.trunc_normal_(table, 0.0, std, -2 * std, 2 * std)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
@@ -416,7 +460,10 @@ class SASRecNet(nn.Module):
         layout = _Layout.of(items)
         index = layout.index
         tokens = items.reshape(-1).index_select(0, index)  # [T]
-        positions = index % length + (self.maxlen - length)  # [T], last column = maxlen - 1
+        if self.from_start:  # the row's first real column is position 0
+            positions = index % length - (length - layout.lengths[index // length])
+        else:  # the last column is position maxlen - 1
+            positions = index % length + (self.maxlen - length)  # [T]
         scale = math.sqrt(self.item_emb.embedding_dim)
         x = self.item_emb(tokens + 1) * scale + self.pos_emb(positions)  # [T, D]
         x = self.emb_drop(x)
@@ -475,11 +522,15 @@ class SASRec(SequenceTransformer):
     kind: ClassVar[str] = "sasrec"
     params_class: ClassVar[type[ModelParams]] = SASRecParams
     padding: ClassVar[str] = "left"
-    prefix_consistent: ClassVar[bool] = False  # positions count from the end
     desc: ClassVar[str] = "sasrec"
 
     params: SASRecParams
     net: SASRecNet | None
+
+    @property  # type: ignore[override]
+    def prefix_consistent(self) -> bool:
+        """Positions from the start: a prefix's query is the full row's at that position."""
+        return self.params.positions == "from_start"
 
     def _new_network(self, n_items: int) -> SASRecNet:
         return SASRecNet(n_items, self.params)

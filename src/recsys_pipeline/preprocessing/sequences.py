@@ -4,8 +4,10 @@ Input: a sequence frame (:mod:`recsys_pipeline.datasets.sequences`): ``UserId``,
 ``Time``, sorted by user and, within a user, in sequence order (the row order is the order; equal
 ``Time`` values are not re-sorted). Per user with at least ``min_items`` events: ``test`` = the
 last event, ``valid`` = the second-to-last, ``train`` = the rest; users with fewer events stay
-wholly in ``train`` (the SASRec reference's ``data_partition``: ``nfeedback < 3``). Every event
-lands in exactly one split and each split keeps the input's row order. No Kedro here.
+wholly in ``train`` (the SASRec reference's ``data_partition``: ``nfeedback < 3``). With
+``holdout="test"`` (generative-recommenders' protocol: no validation item) ``valid`` is empty
+and ``train`` keeps every event but the last. Every event lands in exactly one split and each
+split keeps the input's row order. No Kedro here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ USER, ITEM, TIME = "UserId", "ItemId", "Time"
 COLUMNS = (USER, ITEM, TIME)
 #: The SASRec reference's threshold: users with fewer events are not evaluated.
 DEFAULT_MIN_ITEMS = 3
+#: ``valid_test``: the second-to-last event validates, the last tests; ``test``: the last only
+HOLDOUTS = ("valid_test", "test")
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,26 @@ class LeaveOneOut:
     test: pl.DataFrame
 
 
-def leave_one_out(sequences: pl.DataFrame, min_items: int = DEFAULT_MIN_ITEMS) -> LeaveOneOut:
+def leave_one_out(
+    sequences: pl.DataFrame, min_items: int = DEFAULT_MIN_ITEMS, holdout: str = "valid_test"
+) -> LeaveOneOut:
     """Split every user's sequence: last event -> test, second-to-last -> valid, rest -> train.
 
     Args:
         sequences: ``UserId``, ``ItemId``, ``Time``; a user's rows contiguous and in order.
         min_items: users with fewer events stay wholly in train (>= 2: valid and test need
             two events; 3 leaves every evaluated user at least one train event).
+        holdout: ``"valid_test"`` (above) or ``"test"``: no valid event, the second-to-last
+            stays in train (generative-recommenders' protocol).
 
     Returns:
         The :class:`LeaveOneOut` splits.
 
     Raises:
-        ValueError: ``min_items < 2`` or a required column is missing.
+        ValueError: ``min_items < 2``, an unknown ``holdout`` or a required column is missing.
     """
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
     if min_items < 2:
         raise ValueError(
             f"min_items must be >= 2 (valid and test take one event each), got {min_items}"
@@ -64,7 +74,7 @@ def leave_one_out(sequences: pl.DataFrame, min_items: int = DEFAULT_MIN_ITEMS) -
         .then(pl.lit("train"))
         .when(from_end == 0)
         .then(pl.lit("test"))
-        .when(from_end == 1)
+        .when((from_end == 1) & (holdout == "valid_test"))
         .then(pl.lit("valid"))
         .otherwise(pl.lit("train"))
     )

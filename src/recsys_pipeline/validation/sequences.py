@@ -109,19 +109,25 @@ def user_summary(artifacts: dict[str, pl.DataFrame], min_items: int) -> pl.DataF
                 "n_unassigned"
             ),
             (pl.col("valid_time") - pl.col("last_train_time")).alias("valid_after_train"),
-            (pl.col("test_time") - pl.col("valid_time")).alias("test_after_valid"),
+            # without a valid item (holdout "test"): against the last train event
+            (pl.col("test_time") - pl.coalesce("valid_time", "last_train_time")).alias(
+                "test_after_valid"
+            ),
         )
         .sort(USER)
     )
 
 
-def size_summary(artifacts: dict[str, pl.DataFrame], n_evaluated: int) -> pl.DataFrame:
+def size_summary(
+    artifacts: dict[str, pl.DataFrame], n_evaluated: int, holdout: str = "valid_test"
+) -> pl.DataFrame:
     """One row per artifact: ``artifact``, ``n_rows``, ``expected_rows``, ``difference``."""
     n_events = artifacts["sequences"].height
+    held = 2 if holdout == "valid_test" else 1
     expected = {
         "sequences": n_events,
-        "loo_train": n_events - 2 * n_evaluated,
-        "loo_valid": n_evaluated,
+        "loo_train": n_events - held * n_evaluated,
+        "loo_valid": n_evaluated if held == 2 else 0,
         "loo_test": n_evaluated,
     }
     rows = [
@@ -152,7 +158,7 @@ def _only(spec: _Spec, column: str, value: Any) -> _Spec:
     )
 
 
-def _user_specs(artifact: str, min_items: int) -> list[_Spec]:
+def _user_specs(artifact: str, min_items: int, holdout: str = "valid_test") -> list[_Spec]:
     """Checks on the per-user summary for one artifact."""
     if artifact == "sequences":
         return [
@@ -180,6 +186,8 @@ def _user_specs(artifact: str, min_items: int) -> list[_Spec]:
         ]
     name = artifact.removeprefix("loo_")
     column = f"n_{name}"
+    if name == "valid" and holdout == "test":
+        return [_in_set("no_valid_rows", column, [0], "no valid rows (holdout: test only)")]
     after = (
         _between(
             "valid_not_before_train",
@@ -191,7 +199,9 @@ def _user_specs(artifact: str, min_items: int) -> list[_Spec]:
         else _between(
             "test_not_before_valid",
             "test_after_valid",
-            "the test event is not older than the user's valid event",
+            "the test event is not older than the user's valid event"
+            if holdout == "valid_test"
+            else "the test event is not older than any train event of the user",
             min_value=0,
         )
     )
@@ -220,12 +230,13 @@ def _user_specs(artifact: str, min_items: int) -> list[_Spec]:
     ]
 
 
-def _size_specs(artifact: str) -> list[_Spec]:
+def _size_specs(artifact: str, holdout: str = "valid_test") -> list[_Spec]:
     """The size check of one artifact on the per-artifact sizes."""
+    both = holdout == "valid_test"
     what = {
         "sequences": "one row per event",
-        "loo_train": "the events minus two per evaluated user",
-        "loo_valid": "one row per evaluated user",
+        "loo_train": f"the events minus {'two' if both else 'one'} per evaluated user",
+        "loo_valid": "one row per evaluated user" if both else "no rows (holdout: test)",
         "loo_test": "one row per evaluated user",
     }[artifact]
     spec = _in_set(f"{artifact}_size", "difference", [0], f"{artifact} holds {what}")
@@ -237,6 +248,7 @@ def validate_loo_splits(
     dataset: str,
     *,
     min_items: int,
+    holdout: str = "valid_test",
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Validate user sequences and their leave-one-out split with Great Expectations.
@@ -250,12 +262,16 @@ def validate_loo_splits(
     - ``loo_valid`` / ``loo_test``: exactly one row per user with ``>= min_items`` events, none for
       the others; valid not older than the user's train events, test not older than valid;
     - sizes: ``|loo_valid| = |loo_test|`` = the evaluated users, ``|loo_train|`` = the events
-      minus twice that, ``|sequences|`` = the events (so train + valid + test = all events).
+      minus twice that, ``|sequences|`` = the events (so train + valid + test = all events);
+    - with ``holdout="test"`` (no validation item): ``loo_valid`` empty, test not older than the
+      user's train events, ``|loo_train|`` = the events minus the evaluated users.
 
     Args:
         artifacts: every name of :data:`ARTIFACTS` -> polars frame.
         dataset: dataset name, for the report and messages.
         min_items: the leave-one-out threshold.
+        holdout: ``"valid_test"`` or ``"test"``
+            (:func:`recsys_pipeline.preprocessing.sequences.leave_one_out`).
         raise_on_failure: raise on a failed expectation; else log a warning and return the report.
 
     Returns:
@@ -276,7 +292,7 @@ def validate_loo_splits(
     )
     users = user_summary(artifacts, min_items) if kinds_ok else None
     n_evaluated = int(users.get_column("evaluated").sum()) if users is not None else None
-    sizes = size_summary(artifacts, n_evaluated) if n_evaluated is not None else None
+    sizes = size_summary(artifacts, n_evaluated, holdout) if n_evaluated is not None else None
     required = {column: "int" for column in KINDS}
     runner = GxRunner()
     report_artifacts: dict[str, Any] = {}
@@ -286,9 +302,9 @@ def validate_loo_splits(
         specs = _column_specs(KINDS, exact=True, required_kinds=required)
         tables = [_Table("columns", column_summary(df), "column", specs)]
         if users is not None:
-            tables.append(_Table("users", users, USER, _user_specs(name, min_items)))
+            tables.append(_Table("users", users, USER, _user_specs(name, min_items, holdout)))
         if sizes is not None:
-            tables.append(_Table("sizes", sizes, "artifact", _size_specs(name)))
+            tables.append(_Table("sizes", sizes, "artifact", _size_specs(name, holdout)))
         entries, found = _run_tables(runner, df, name, tables)
         failures.extend(found)
         report_artifacts[name] = {
@@ -300,6 +316,7 @@ def validate_loo_splits(
         "dataset": dataset,
         "success": not failures,
         "min_items": min_items,
+        "holdout": holdout,
         "evaluated_users": n_evaluated,
         "artifacts": report_artifacts,
         "seconds": round(time.perf_counter() - started, 4),

@@ -2,8 +2,8 @@
 
 ``params`` is ``preprocess_sequences.<dataset>`` of
 ``conf/base/parameters_preprocess_sequences.yml``: ``format`` (``pairs``, ``lines``,
-``movielens``), ``raw_dir``, ``file``, ``min_items`` and, for MovieLens, ``variant`` and
-``min_rating``.
+``movielens``), ``raw_dir``, ``file``, ``min_items``, ``holdout`` (``valid_test``, default, or
+``test``: no validation item) and, for MovieLens, ``variant`` and ``min_rating``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from recsys_pipeline.preprocessing import sequences as S
 
 logger = logging.getLogger(__name__)
 
-_KNOWN = {"format", "raw_dir", "file", "min_items", "variant", "min_rating"}
+_KNOWN = {"format", "raw_dir", "file", "min_items", "holdout", "variant", "min_rating"}
 
 
 def _checked(params: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +35,10 @@ def _checked(params: dict[str, Any]) -> dict[str, Any]:
 
 def _min_items(params: dict[str, Any]) -> int:
     return int(params.get("min_items", S.DEFAULT_MIN_ITEMS))
+
+
+def _holdout(params: dict[str, Any]) -> str:
+    return str(params.get("holdout", "valid_test"))
 
 
 def _label(params: dict[str, Any]) -> str:
@@ -69,14 +73,16 @@ def check_raw_schema(sequences: pl.DataFrame, params: dict[str, Any]) -> dict[st
 def split(
     sequences: pl.DataFrame, params: dict[str, Any], raw_report: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Leave-one-out: train, valid (second-to-last event), test (last event) per user."""
+    """Leave-one-out: train, valid (second-to-last event; none with ``holdout: test``), test
+    (last event) per user."""
     del raw_report  # ordering only: split runs on checked input
-    loo = S.leave_one_out(sequences, _min_items(params))
+    holdout = _holdout(params)
+    loo = S.leave_one_out(sequences, _min_items(params), holdout)
     minimum = max(1, int(params.get("min_split_users", 1)))
     small = [
         f"'{name}' has {frame.height} users"
         for name, frame in (("loo_valid", loo.valid), ("loo_test", loo.test))
-        if frame.height < minimum
+        if frame.height < minimum and not (name == "loo_valid" and holdout == "test")
     ]
     if small:
         lengths = sequences.group_by("UserId").len().get_column("len")
@@ -112,7 +118,9 @@ def validate(
         "loo_valid": loo_valid,
         "loo_test": loo_test,
     }
-    report = validate_loo_splits(frames, _label(params), min_items=_min_items(params))
+    report = validate_loo_splits(
+        frames, _label(params), min_items=_min_items(params), holdout=_holdout(params)
+    )
     return sequences, loo_train, loo_valid, loo_test, raw_report, report
 
 
@@ -144,8 +152,12 @@ def compute_stats(
         "source": _label(params),
         "has_times": HAS_TIMES[params["format"]],
         "time": "epoch seconds" if HAS_TIMES[params["format"]] else "position in the sequence",
-        "protocol": "leave-one-out: test = last event, valid = second-to-last, train = the rest; "
-        f"users with < {min_items} events wholly in train",
+        "protocol": (
+            "leave-one-out: test = last event, valid = second-to-last, train = the rest; "
+            if _holdout(params) == "valid_test"
+            else "leave-one-out: test = last event, train = the rest (no validation item); "
+        )
+        + f"users with < {min_items} events wholly in train",
         "parameters": {k: v for k, v in params.items()},
         **stats,
         "splits": {

@@ -75,6 +75,12 @@ def train_model(
     model = create_model(kind, params)
     fit_args: dict[str, Any] = {}
     if valid is not None and params.get("patience") is not None:
+        if valid.height == 0:
+            raise ValueError(
+                f"{kind} on {dataset}: patience {params['patience']} needs validation items, "
+                "and the split has none (preprocess_sequences holdout 'test'); set patience: "
+                "null or preprocess with holdout: valid_test"
+            )
         fit_args["valid"] = valid
     root = (training or {}).get("checkpoint_dir")
     if root and "checkpoint_dir" in inspect.signature(model.fit).parameters:
