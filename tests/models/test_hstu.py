@@ -15,7 +15,15 @@ import torch.nn.functional as F
 
 from recsys_pipeline.evaluation.last_item import evaluate_last_item
 from recsys_pipeline.models import registry
-from recsys_pipeline.models.hstu import HSTU, HSTUNet, HSTUParams, time_buckets
+from recsys_pipeline.models.hstu import (
+    HSTU,
+    HSTUNet,
+    HSTUParams,
+    _Lookup,
+    _RelativeBias,
+    bias_index,
+    time_buckets,
+)
 from recsys_pipeline.training.sequences import PAD
 from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
 
@@ -125,13 +133,34 @@ def test_attention_is_pointwise_silu_over_n_without_softmax() -> None:
     times = torch.arange(10).view(2, 5) * 100
     query = times + 50
     buckets = time_buckets(query.unsqueeze(2) - times.unsqueeze(1))
-    bias = layer.bias(5, buckets)
+    rel = torch.arange(5).unsqueeze(0) - torch.arange(5).unsqueeze(1) + net.n - 1  # j - i
+    bias = layer.bias.pos_w[rel] + layer.bias.ts_w[buckets]  # [2, 5, 5], stated by hand
+    torch.testing.assert_close(layer.bias(bias_index(5, net.n, buckets), True), bias)
     weights = F.silu(bias) / net.n * causal  # [2, 5, 5]
     normed = F.layer_norm(x, (8,), eps=1e-6)
     u, v = torch.split(F.silu(normed @ layer.uvqk[:, :16]), [8, 8], -1)
     attended = torch.einsum("bnm,bmhd->bnhd", weights, v.view(2, 5, 2, 4)).reshape(2, 5, 8)
     expected = layer.out(u * F.layer_norm(attended, (8,), eps=1e-6)) + x
-    torch.testing.assert_close(layer(x, causal, float(net.n), buckets), expected)
+    index = bias_index(5, net.n, buckets)
+    torch.testing.assert_close(layer(x, causal / net.n, index, True), expected)
+
+
+def test_the_bias_lookup_backward_is_the_gradient() -> None:
+    """The fused (position, time bucket) lookup's scatter-add backward is the true gradient
+    of the table (finite differences, float64), pairs sharing a cell included; through the
+    table of sums, both bias vectors get their gradient."""
+    buckets = torch.tensor([[[0, 3, 3, 128], [1, 1, 0, 2], [5, 5, 5, 5], [0, 0, 0, 0]]] * 2)
+    index = bias_index(4, 4, buckets)  # [2, 4, 4] into a [7, 129] table
+    table = torch.randn(7, 129, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_Lookup.apply, (table, index))
+    bias = _RelativeBias(4, use_time=True)
+    upstream = torch.randn(2, 4, 4)
+    ours = torch.autograd.grad(bias(index, True), (bias.pos_w, bias.ts_w), upstream)
+    rel = torch.arange(4).unsqueeze(0) - torch.arange(4).unsqueeze(1) + 3
+    plain = bias.pos_w[rel] + bias.ts_w[buckets]
+    for a, b in zip(ours, torch.autograd.grad(plain, (bias.pos_w, bias.ts_w), upstream),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
 
 
 def test_division_by_the_padded_width_or_the_true_length() -> None:

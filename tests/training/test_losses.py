@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from recsys_pipeline.training import losses as losses_module
 from recsys_pipeline.training.losses import (
     IGNORE_INDEX,
+    GatheredLogits,
     bce_negative_loss,
     bpr_loss,
     bpr_max_loss,
@@ -707,3 +709,29 @@ def test_table_logits_and_the_table_loss_equal_gathered_copies(n_items: int) -> 
         torch.testing.assert_close(ours, gathered)
     with pytest.raises(ValueError, match="table goes with neg_ids"):
         sampled_softmax_loss(query, weight[pos], pos_ids=pos, table=weight)
+
+
+@pytest.mark.parametrize("chunk", [2**18, 12])  # one chunk; chunks of 2 rows and a last one
+@pytest.mark.parametrize("n_items", [6, 40])  # <= K * D: product + gather; > K * D: bmm
+def test_gathered_logits_backward_is_the_gradient(n_items: int, chunk: int, monkeypatch) -> None:
+    """The CPU backward of the negatives' logits (two weighted bag sums, no dense [N, I]
+    gradient) is the true gradient (finite differences, float64), with ids drawn several times
+    in one row and items never drawn; and equals autograd's dense one. The forward's product
+    in row chunks gives the same logits."""
+    monkeypatch.setattr(losses_module, "_CHUNK_LOGITS", chunk)
+    gen = torch.Generator().manual_seed(5)
+    n, k, d = 7, 5, 3
+    query = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(n_items, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, min(n_items, 5), (n, k), generator=gen)  # repeats; rows 5.. undrawn
+    ids[0] = 2  # one id five times in a row
+    assert torch.autograd.gradcheck(GatheredLogits.apply, (query, table, ids))
+    upstream = torch.randn(n, k, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(table_logits(query, table, ids), (query, table), upstream)
+    dense = torch.autograd.grad((query @ table.T).gather(1, ids), (query, table), upstream)
+    for a, b in zip(ours, dense, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.count_nonzero(ours[1][5:]) == 0
+    with torch.no_grad():
+        expected = (query @ table.T).gather(1, ids)
+    torch.testing.assert_close(GatheredLogits.apply(query, table, ids), expected)

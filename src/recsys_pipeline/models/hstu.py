@@ -196,9 +196,42 @@ def _truncated_normal_(
         nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator)
 
 
+class _Lookup(torch.autograd.Function):
+    """``table.flatten()[index]`` whose backward is one ``scatter_add`` into the table (autograd's
+    indexing backward is an accumulating ``index_put``, 2x slower on the CPU for the
+    ``[B, L, L]`` index of the relative bias)."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.shape = table.shape
+        return torch.take(table, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (index,) = ctx.saved_tensors
+        flat = grad.new_zeros(math.prod(ctx.shape), dtype=torch.float32)
+        flat.scatter_add_(0, index.reshape(-1), grad.reshape(-1).float())
+        return flat.view(ctx.shape).to(grad.dtype), None
+
+
+def bias_index(length: int, n: int, buckets: torch.Tensor | None) -> torch.Tensor:
+    """The index of each (query ``i``, key ``j``) pair into a layer's bias table (computed once
+    per forward, read by every layer): the relative position ``j - i + n - 1`` ``[1, L, L]``,
+    or with time ``buckets [B, L, L]`` the pair (position, bucket) as
+    ``position * 129 + bucket`` into the ``[2n - 1, 129]`` table of sums."""
+    index = torch.arange(length, device=None if buckets is None else buckets.device)
+    relative = (index.unsqueeze(0) - index.unsqueeze(1) + n - 1).unsqueeze(0)  # [1, L, L]
+    if buckets is None:
+        return relative
+    return relative * (_N_BUCKETS + 1) + buckets
+
+
 class _RelativeBias(nn.Module):
     """The relative attention bias of one layer: ``pos_w [2n - 1]`` per relative position
-    and, with ``use_time``, ``ts_w [129]`` per time bucket (module docstring)."""
+    and, with ``use_time``, ``ts_w [129]`` per time bucket (module docstring). Both are read
+    in one lookup from their ``[2n - 1, 129]`` table of sums ``pos_w[r] + ts_w[b]``
+    (:func:`bias_index`)."""
 
     def __init__(self, n: int, use_time: bool) -> None:
         super().__init__()
@@ -208,14 +241,13 @@ class _RelativeBias(nn.Module):
             nn.Parameter(torch.empty(_N_BUCKETS + 1).normal_(0.0, 0.02)) if use_time else None
         )
 
-    def forward(self, length: int, buckets: torch.Tensor | None) -> torch.Tensor:
-        """``[1 or B, L, L]``: bias of query ``i`` for key ``j``; ``buckets [B, L, L]`` the
-        time bucket of each pair (None: positions only)."""
-        index = torch.arange(length, device=self.pos_w.device)
-        bias = self.pos_w[index.unsqueeze(0) - index.unsqueeze(1) + self.n - 1].unsqueeze(0)
-        if self.ts_w is not None and buckets is not None:
-            bias = bias + self.ts_w[buckets]
-        return bias
+    def forward(self, index: torch.Tensor, timed: bool) -> torch.Tensor:
+        """``[1 or B, L, L]``: bias of query ``i`` for key ``j``; ``index`` from
+        :func:`bias_index` (``timed``: with time buckets)."""
+        if not timed or self.ts_w is None:
+            return self.pos_w[index]  # [1, L, L]: small
+        table = self.pos_w.unsqueeze(1) + self.ts_w.unsqueeze(0)  # [2n - 1, 129]
+        return _Lookup.apply(table, index)
 
 
 class _HSTULayer(nn.Module):
@@ -235,15 +267,11 @@ class _HSTULayer(nn.Module):
         )
 
     def forward(
-        self,
-        x: torch.Tensor,
-        causal: torch.Tensor,
-        norm: torch.Tensor | float,
-        buckets: torch.Tensor | None,
+        self, x: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, timed: bool
     ) -> torch.Tensor:
-        """``x [B, L, D]`` -> ``[B, L, D]``; ``causal [L, L]`` (1 at ``j <= i``), ``norm``
-        scalar or ``[L, 1]`` (per query position), ``buckets [B, L, L]`` time buckets or
-        None."""
+        """``x [B, L, D]`` -> ``[B, L, D]``; ``scale [L, L]``: the causal mask divided by the
+        attention norm (``1 / n`` at ``j <= i``, else 0), ``index``: the bias index
+        (:func:`bias_index`; ``timed``: it has time buckets)."""
         batch, length, dim = x.shape
         h, dqk, dv = self.heads, self.dqk, self.dv
         projected = F.silu(F.layer_norm(x, (dim,), eps=_LN_EPS) @ self.uvqk)
@@ -252,8 +280,8 @@ class _HSTULayer(nn.Module):
             "bnhd,bmhd->bhnm", q.view(batch, length, h, dqk), k.view(batch, length, h, dqk)
         )  # [B, h, L, L]
         if self.bias is not None:
-            scores = scores + self.bias(length, buckets).unsqueeze(1)
-        weights = F.silu(scores) / norm * causal  # pointwise: no softmax, no 1/sqrt(dqk)
+            scores = scores + self.bias(index, timed).unsqueeze(1)
+        weights = F.silu(scores) * scale  # pointwise: no softmax, no 1/sqrt(dqk); / n, causal
         attended = torch.einsum("bhnm,bmhd->bnhd", weights, v.view(batch, length, h, dv))
         attended = attended.reshape(batch, length, h * dv)
         gated = u * F.layer_norm(attended, (h * dv,), eps=_LN_EPS)
@@ -321,12 +349,14 @@ class HSTUNet(nn.Module):
         norm: torch.Tensor | float = float(self.n)
         if self.attention_norm == "length":  # position i attends i + 1 items
             norm = (positions + 1).to(x.dtype).unsqueeze(1)  # [L, 1]
+        scale = causal / norm  # [L, L]
         buckets = None  # computed once, read by every layer's time bias
         if self.uses_time and times is not None and query_times is not None:
             # [B, L, L]: bucket of t(after i) - t(j), in int64 seconds before the log
             buckets = time_buckets(query_times.unsqueeze(2) - times.unsqueeze(1))
+        index = bias_index(length, self.n, buckets).to(items.device)
         for layer in self.layers:
-            x = layer(x, causal, norm, buckets) * valid
+            x = layer(x, scale, index, buckets is not None) * valid
         return l2_normalize(x) * valid
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
