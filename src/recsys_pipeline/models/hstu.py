@@ -184,8 +184,8 @@ class HSTUParams(ModelParams):
 def time_buckets(dt: torch.Tensor, n_buckets: int = _N_BUCKETS) -> torch.Tensor:
     """The reference's bucket of a time difference in seconds:
     ``clamp(floor(ln(max(|dt|, 1)) / 0.301), 0, n_buckets)`` (long, same shape)."""
-    value = torch.log(dt.abs().clamp(min=1).to(torch.float32)) / _BUCKET_LOG_BASE
-    return value.long().clamp(0, n_buckets)
+    value = dt.to(torch.float32, copy=True).abs_().clamp_(min=1).log_().div_(_BUCKET_LOG_BASE)
+    return value.long().clamp_(0, n_buckets)  # in place: one [B, L, L] float copy in all
 
 
 def _truncated_normal_(
