@@ -5,6 +5,7 @@ options, persistence and fine-tuning."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -126,6 +127,20 @@ def test_a_port_flaw_is_detected_by_the_reference() -> None:
     assert not torch.allclose(ours[real], unscaled_reference[real], atol=1e-3)
 
 
+def _torch_attention(block: Any, d: int) -> torch.nn.MultiheadAttention:
+    """``torch.nn.MultiheadAttention`` (the ports' building block) holding ``block``'s Q/K/V
+    and output weights, in eval mode."""
+    mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.k.weight,
+                                            block.attn.v.weight]))  # fmt: skip
+        mha.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.k.bias,
+                                          block.attn.v.bias]))  # fmt: skip
+        mha.out_proj.weight.copy_(block.attn.out.weight)
+        mha.out_proj.bias.copy_(block.attn.out.bias)
+    return mha.eval()
+
+
 def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
     """pmixer/SASRec.pytorch's forward (commit 9f6a02b), re-stated with its own building block
     ``torch.nn.MultiheadAttention`` under a causal mask only: ``items [B, maxlen]`` 1-based,
@@ -139,15 +154,7 @@ def _pmixer_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
     seqs = net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)] * keep
     causal = ~torch.ones(n, n, dtype=torch.bool).tril()
     for block in net.blocks:
-        mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
-        with torch.no_grad():
-            mha.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.k.weight,
-                                                block.attn.v.weight]))  # fmt: skip
-            mha.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.k.bias,
-                                              block.attn.v.bias]))  # fmt: skip
-            mha.out_proj.weight.copy_(block.attn.out.weight)
-            mha.out_proj.bias.copy_(block.attn.out.bias)
-        mha.eval()
+        mha = _torch_attention(block, d)
         q = block.attn_norm(seqs)
         attended, _ = mha(q, seqs, seqs, attn_mask=causal, need_weights=False)
         h = block.ffn_norm(q + attended)
@@ -192,15 +199,7 @@ def _gr_forward(net: SASRecNet, items: np.ndarray) -> torch.Tensor:
     x = (net.item_emb.weight[seq_ids] * d**0.5 + net.pos_emb.weight[torch.arange(n)]) * valid
     causal = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)
     for block in net.blocks:
-        mha = torch.nn.MultiheadAttention(d, block.attn.heads, batch_first=True)
-        with torch.no_grad():
-            mha.in_proj_weight.copy_(torch.cat([block.attn.q.weight, block.attn.k.weight,
-                                                block.attn.v.weight]))  # fmt: skip
-            mha.in_proj_bias.copy_(torch.cat([block.attn.q.bias, block.attn.k.bias,
-                                              block.attn.v.bias]))  # fmt: skip
-            mha.out_proj.weight.copy_(block.attn.out.weight)
-            mha.out_proj.bias.copy_(block.attn.out.bias)
-        mha.eval()
+        mha = _torch_attention(block, d)
         q = F.layer_norm(x, (d,), eps=1e-8)
         attended, _ = mha(q, x, x, attn_mask=causal, need_weights=False)
         h = F.layer_norm(q + attended, (d,), eps=1e-8)
