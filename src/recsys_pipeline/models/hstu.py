@@ -204,7 +204,7 @@ class _Lookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(index)
-        ctx.shape = table.shape
+        ctx.shape, ctx.dtype = table.shape, table.dtype
         return torch.take(table, index)
 
     @staticmethod
@@ -212,7 +212,7 @@ class _Lookup(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         flat = grad.new_zeros(math.prod(ctx.shape), dtype=torch.float32)
         flat.scatter_add_(0, index.reshape(-1), grad.reshape(-1).float())
-        return flat.view(ctx.shape).to(grad.dtype), None
+        return flat.view(ctx.shape).to(ctx.dtype), None
 
 
 def bias_index(length: int, n: int, buckets: torch.Tensor | None) -> torch.Tensor:
