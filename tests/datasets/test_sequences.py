@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from recsys_pipeline.datasets import RawDataError
-from recsys_pipeline.datasets.sequences import HAS_TIMES, read_sequences
+from recsys_pipeline.datasets.sequences import HAS_TIMES, read_item_catalog, read_sequences
 from recsys_pipeline.synthetic.sequences import (
     SequenceConfig,
     generate_sequences,
@@ -227,3 +227,52 @@ def test_real_movielens_files(folder, variant, expected):
     assert counts(df) == expected
     # chronological per user
     assert df.select((pl.col("Time").diff().over("UserId").fill_null(0) >= 0).all()).item()
+
+
+# ---- item catalogue -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("movies.dat", "1::Toy Story (1995)::Animation\n3::Heat (1995)::Action\n2::X::Y\n"),
+        ("u.item", "1|Caf\xe9 (1995)|01-Jan-1995||\n2|B|x\n3|C|x"),  # latin-1, no final newline
+        ("movies.csv", 'movieId,title,genres\n3,A,b\n1,"B, The",c\n2,C,d\n'),
+        ("items.txt", "3\n\n1\n2\n"),  # a plain list; blank lines skipped
+        ("items.tsv", "1\tx\n2\ty\r\n3\tz\r\n"),
+    ],
+)
+def test_item_catalogue_formats(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content.encode("latin-1"))
+    frame = read_item_catalog(tmp_path, name)
+    assert frame.schema == {"ItemId": pl.Int64}
+    assert frame.get_column("ItemId").to_list() == [1, 2, 3]
+
+
+def test_item_catalogue_gzip_and_errors(tmp_path):
+    with gzip.open(tmp_path / "movies.dat.gz", "wb") as handle:
+        handle.write(b"7::A::B\n5::C::D\n")
+    assert read_item_catalog(tmp_path, "movies.dat").get_column("ItemId").to_list() == [5, 7]
+    with pytest.raises(RawDataError, match=r"raw file not found: .*u\.item"):
+        read_item_catalog(tmp_path, "u.item")
+    (tmp_path / "bad.dat").write_text("1::A\n2::B\nx3::C\n-4::D\n5.5\n")
+    with pytest.raises(
+        RawDataError,
+        match=r"bad\.dat line 3, column 1 has no integer item id.*\(3 line\(s\) affected\); "
+        r"first offending rows: line 3: 'x3::C'; line 4: '-4::D'; line 5: '5.5'",
+    ):
+        read_item_catalog(tmp_path, "bad.dat")
+    (tmp_path / "twice.txt").write_text("1\n2\n1\n")
+    with pytest.raises(RawDataError, match=r"twice\.txt column 1 lists an id twice .*line 1: 1"):
+        read_item_catalog(tmp_path, "twice.txt")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(RawDataError, match="has no lines"):
+        read_item_catalog(tmp_path, "blank.txt")
+
+
+def test_real_movies_dat_holds_every_rated_movie():
+    folder = REAL / "movielens_1m_partial"
+    if not (folder / "movies.dat").is_file():
+        pytest.skip(f"{folder / 'movies.dat'} absent")
+    catalogue = read_item_catalog(folder, "movies.dat").get_column("ItemId")
+    rated = read_sequences("movielens", folder, variant="ml-1m").get_column("ItemId").unique()
+    assert catalogue.len() == 3883  # ml-1m's README: 3,883 movies (3,952 ids)
+    assert rated.is_in(catalogue.implode()).all() and rated.len() < catalogue.len()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import polars as pl
 import pytest
 
 from recsys_pipeline.models.sasrec import SASRec
@@ -120,7 +121,11 @@ def test_compare_on_user_sequences_reports_every_protocol(prepared: Path):
     }
     run(prepared, "compare", session={"runtime_params": params})
     table = json.loads(_latest(prepared, "synthetic_seq", "comparison.json").read_text())
-    assert table["splits"] == {"train": "loo_train", "valid": "loo_valid", "test": "loo_test"}
+    assert table["splits"] == {"train": "loo_train", "valid": "loo_valid", "test": "loo_test",
+                               "items": "items"}  # fmt: skip
+    (train_file,) = (prepared / "data/05_model_input/synthetic_seq").glob("loo_train.parquet/*/*")
+    train_items = pl.read_parquet(train_file).get_column("ItemId").n_unique()
+    assert table["rows_in_splits"]["items"] == train_items  # no catalog file: loo_train's items
     assert list(table["protocols"]) == [
         "full_hist_excluded", "full_hist_included", "legacy", "gr",
     ]  # fmt: skip

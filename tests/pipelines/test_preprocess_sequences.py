@@ -23,7 +23,7 @@ from tests.pipelines.conftest import ROOT, catalog, run
 
 SMALL = SequenceConfig(n_users=150, n_items=60, seed=7)
 SPLITS = ("loo_train", "loo_valid", "loo_test")
-OUTPUTS = ("sequences", *SPLITS, "seq_raw_validation", "seq_validation_report", "seq_stats",
+OUTPUTS = ("sequences", *SPLITS, "items", "seq_raw_validation", "seq_validation_report", "seq_stats",
            "seq_validation_page")  # fmt: skip
 NEW_PATTERNS = {f"{{dataset}}.{name}" for name in OUTPUTS}
 
@@ -70,6 +70,11 @@ def test_end_to_end_synthetic_node_and_movielens(project: Path):
             == (expected.group_by("UserId").len().filter(pl.col("len") < 3).height)
             > 0
         )
+        # no catalog file: the item catalogue is the items of loo_train
+        items = cat.load(f"{name}.items")
+        assert items.equals(loo.train.select("ItemId").unique().sort("ItemId"))
+        assert stats["catalogue"] == {"items": items.height, "source": "the items of loo_train",
+                                      "never_in_train": 0}  # fmt: skip
         assert cat.load(f"{name}.seq_validation_report")["success"] is True
         assert cat.load(f"{name}.seq_raw_validation")["success"] is True
     assert cat.load("ml100k.sequences").equals(data)  # epoch seconds, ties in file order
@@ -117,6 +122,45 @@ def test_raw_dir_override_and_failed_runs_write_nothing(project: Path, monkeypat
                        r"of 2 users 0 have the 3 events"):  # fmt: skip
         run(project, "preprocess_sequences", namespaces=["video"], session=override)
     assert versions(project) == before and files(project) == written
+
+
+def test_item_catalogue_file_and_items_outside_it(project: Path):
+    data = generate_sequences(SMALL)
+    raw = project / "data/01_raw/ml100k"
+    write_movielens(data, raw / "u.data", "ml-100k")
+    rated = sorted(data.get_column("ItemId").unique().to_list())
+    unrated = [max(rated) + 1, max(rated) + 7]  # movies nobody rated
+    # u.item: "id|title|...", titles in latin-1
+    lines = [f"{i}|Caf\xe9 {i} (1995)|01-Jan-1995||" for i in [*rated, *unrated]]
+    (raw / "u.item").write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    override = {"runtime_params": {"preprocess_sequences": {"ml100k": {"catalog": "u.item"}}}}
+    run(project, "preprocess_sequences", namespaces=["ml100k"], session=override)
+    cat = catalog(project)
+    assert cat.load("ml100k.items").get_column("ItemId").to_list() == rated + unrated
+    stats = cat.load("ml100k.seq_stats")
+    train_items = cat.load("ml100k.loo_train").get_column("ItemId").n_unique()
+    assert stats["catalogue"] == {"items": len(rated) + 2, "source": "u.item",
+                                  "never_in_train": len(rated) + 2 - train_items}  # fmt: skip
+    report = cat.load("ml100k.seq_validation_report")
+    assert report["artifacts"]["items"]["success"] is True
+    assert any(e["check"] == "loo_test_in_catalogue" for e in
+               report["artifacts"]["loo_test"]["expectations"])  # fmt: skip
+
+    # a catalogue that lacks a rated movie: a validation error naming the events, nothing written
+    outputs = {p: p.stat().st_mtime_ns for p in files(project) if "01_raw" not in p.parts}
+    before = files(project)
+    missing = rated[3]
+    kept = [line for line in lines if not line.startswith(f"{missing}|")]
+    (raw / "u.item").write_bytes("\n".join(kept).encode("latin-1"))
+    with pytest.raises(DataValidationError, match=rf"sequences_in_catalogue(.|\n)*{missing}"):
+        run(project, "preprocess_sequences", namespaces=["ml100k"], session=override)
+    assert files(project) == before
+    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
+
+    (raw / "u.item").write_text("1|a\nmovie 2|b\n")
+    with pytest.raises(RawDataError, match=r"u\.item line 2, column 1 has no integer item id"):
+        run(project, "preprocess_sequences", namespaces=["ml100k"], session=override)
+    assert files(project) == before
 
 
 def test_missing_raw_file_names_the_default_folder(project: Path):

@@ -144,6 +144,7 @@ def test_generative_recommenders_environment(project: Path):
         params = session.load_context().params
     assert params["preprocess_sequences"]["ml1m"]["holdout"] == "test"
     assert params["preprocess_sequences"]["ml1m"]["format"] == "movielens"  # base kept
+    assert params["preprocess_sequences"]["ml1m"]["catalog"] == "movies.dat"
     assert params["sequence_evaluation"]["protocols"][0] == "generative_recommenders"
     gr = resolve_params(params["sasrec"], "ml1m")
     model = create_model("sasrec", {k: v for k, v in gr.items() if k != "num_threads"})
@@ -157,11 +158,18 @@ def test_generative_recommenders_environment(project: Path):
 
     setting = {k: gr[k] for k in ("loss", "l2_norm", "out_projection", "norm_affine",
                                   "final_norm", "positions", "init", "temperature")}  # fmt: skip
-    small = {**SMALL, "preprocess_sequences": {"synthetic_seq": {"holdout": "test"}},
+    # an item catalogue with 5 ids nobody interacted with (as movies.dat's never-rated movies)
+    small = {**SMALL, "preprocess_sequences": {"synthetic_seq": {"holdout": "test",
+                                                                 "catalog": "items.txt"}},
              "sasrec": {"synthetic_seq": {**SMALL["sasrec"]["synthetic_seq"], **setting,
                                           "n_negatives": 16}}}  # fmt: skip
     session = {"env": env, "runtime_params": small}
     run(project, "synthetic", node_names=["synthetic.generate_sequences_raw"], session=session)
+    raw = project / "data/01_raw/synthetic_seq"
+    pairs = (raw / "sequences.txt").read_text().splitlines()
+    seen = sorted({int(line.split()[1]) for line in pairs})
+    catalogue = [*seen, *range(max(seen) + 1, max(seen) + 6)]
+    (raw / "items.txt").write_text("".join(f"{i}\n" for i in catalogue))
     run(project, "preprocess_sequences", namespaces=["synthetic_seq"], session=session)
     run(project, "train", namespaces=["synthetic_seq.sasrec"], session=session)
     with KedroSession.create(project_path=project, env=env) as s:
@@ -171,11 +179,38 @@ def test_generative_recommenders_environment(project: Path):
     assert valid.height == 0 and train.height + test.height == sequences.height
     assert cat.load("synthetic_seq.seq_validation_report")["holdout"] == "test"
     metrics = cat.load("synthetic_seq.sasrec.metrics")["sasrec"]
-    assert metrics["gr.n_targets"] + metrics["gr.n_unknown_targets"] == test.height
+    # every test item is in the catalogue: none unknown, all ranked against the 5 unseen ids too
+    assert metrics["gr.n_targets"] == test.height and metrics["gr.n_unknown_targets"] == 0
     assert 0 < metrics["gr.ndcg@10"] <= metrics["gr.hr@10"]
-    assert cat.load("synthetic_seq.sasrec.model").params.positions == "from_start"
+    trained = cat.load("synthetic_seq.sasrec.model")
+    assert trained.params.positions == "from_start"
+    assert trained.item_ids.tolist() == catalogue
+    assert cat.load("synthetic_seq.items").get_column("ItemId").to_list() == catalogue
     stopping = {**small, "sasrec": {"synthetic_seq": {**small["sasrec"]["synthetic_seq"],
                                                       "patience": 1}}}  # fmt: skip
     with pytest.raises(Exception, match="needs validation items"):
         run(project, "train", namespaces=["synthetic_seq.sasrec"],
             session={"env": env, "runtime_params": stopping})  # fmt: skip
+
+
+def test_item_catalogue_reaches_the_models_that_take_one():
+    """The train node gives the dataset's item catalogue to ``fit(item_ids=...)``; GRU4Rec,
+    whose item table is its training items, refuses a catalogue with other items and trains
+    as before on one that holds exactly its training items."""
+    from recsys_pipeline.pipelines.train.sequence_nodes import train_sequence_model
+
+    train = pl.DataFrame({"UserId": [1, 1, 1, 2, 2, 2], "ItemId": [5, 6, 7, 6, 7, 8],
+                          "Time": [0, 1, 2, 0, 1, 2]})  # fmt: skip
+    valid = train.clear()
+    catalogue = pl.DataFrame({"ItemId": [5, 6, 7, 8, 9, 10]})
+    block = {"defaults": {**SMALL["sasrec"]["synthetic_seq"], "num_epochs": 1}}
+    model, _, _ = train_sequence_model(train, valid, catalogue, block, kind="sasrec", dataset="d")
+    assert model.item_ids.tolist() == [5, 6, 7, 8, 9, 10]
+    gru = {"defaults": SMALL["gru4rec"]["synthetic_seq"]}
+    with pytest.raises(ValueError, match=r"gru4rec on d: the item catalogue holds 2 item\(s\) "
+                       r"that never occur in the training data \(first: \[9, 10\]\)"):  # fmt: skip
+        train_sequence_model(train, valid, catalogue, gru, kind="gru4rec", dataset="d")
+    model, _, _ = train_sequence_model(
+        train, valid, catalogue.head(4), gru, kind="gru4rec", dataset="d"
+    )
+    assert model.item_ids.tolist() == [5, 6, 7, 8]

@@ -29,6 +29,10 @@ of the line: 1 = the user, 2.. = the items) and the first offending rows: a miss
 file, a non-integer or out-of-range token, a negative id, a wrong number of fields, a ``pairs``
 user whose lines are not contiguous, a ``lines`` user on two lines, non-UTF-8 bytes and broken
 gzip files. No Kedro here.
+
+:func:`read_item_catalog` reads an optional **item catalogue** (every item id a model may rank,
+including items nobody interacted with: MovieLens' ``movies.dat``, ``u.item``, ``movies.csv`` or
+a plain list of ids), for protocols that rank the whole catalogue as generative-recommenders does.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ HAS_TIMES = {"pairs": False, "lines": False, "movielens": True}
 FORMATS = tuple(HAS_TIMES)
 
 _LINE, _FIELD, _TOKEN, _VALUE = "line", "field", "token", "value"
+#: a catalogue line: its integer id first, then the end of the line or a separator
+_CATALOG_LINE = r"^\s*(\d+)(?:$|::|[|,\t \r])"
 
 
 class _TextSequences(RawFormat):
@@ -212,6 +218,69 @@ def _read_text_sequences(fmt: str, path: Path) -> pl.DataFrame:
         .sort(USER, TIME)
         .cast(SEQUENCE_SCHEMA)
     )
+
+
+class _Catalog(RawFormat):
+    """An item catalogue file: only :meth:`RawFormat.locate` (the missing-file message) is used."""
+
+    has_header = False
+    published_at = "the dataset's own site (MovieLens: grouplens.org, movies.dat / u.item)"
+
+    def __init__(self, file: str) -> None:
+        self.name = "item catalogue"
+        self.files = (file,)
+
+
+def read_item_catalog(directory: str | Path, file: str) -> pl.DataFrame:
+    """Every item id of a catalogue file (plain or ``.gz``): ``ItemId`` (Int64), ascending.
+
+    One item per line, its non-negative integer id first, followed by the end of the line or a
+    separator (``::``, ``|``, ``,``, tab or space): MovieLens-1M's ``movies.dat``
+    (``1::Toy Story (1995)::...``), ML-100K's ``u.item`` (``1|Toy Story (1995)|...``),
+    ML-20M's ``movies.csv`` (its header line, the first line when it does not start with a
+    digit, is skipped) or a plain list of ids. Titles are never decoded (any encoding works);
+    blank lines are skipped.
+
+    Raises:
+        RawDataError: a missing or empty file, a line without a leading id (names the file, the
+            line and the first offending lines), an id listed twice.
+    """
+    (path,) = _Catalog(file).locate(directory)
+    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    # latin-1 maps every byte to a character: the ASCII ids read the same in any encoding
+    lines = pl.DataFrame({"shown": data.decode("latin-1").split("\n")}, schema={"shown": pl.String})
+    lines = lines.with_row_index(_LINE, offset=1).with_columns(pl.col(_LINE).cast(pl.Int64))
+    lines = lines.filter(pl.col("shown").str.strip_chars() != "")
+    if lines.height == 0:
+        raise RawDataError(f"item catalogue {path} has no lines")
+    ids = lines.with_columns(
+        pl.col("shown").str.extract(_CATALOG_LINE, 1).cast(pl.Int64, strict=False).alias(ITEM)
+    )
+    first = ids.row(0, named=True)
+    if first[ITEM] is None and not first["shown"].lstrip()[:1].isdigit():
+        ids = ids.slice(1)  # a header line (movies.csv: movieId,title,genres)
+    bad = ids.filter(pl.col(ITEM).is_null())
+    if bad.height:
+        shown = "; ".join(
+            f"line {r[_LINE]}: {r['shown'][:60]!r}"
+            for r in bad.head(MAX_EXAMPLES).iter_rows(named=True)
+        )
+        raise RawDataError(
+            f"item catalogue {path} line {bad[_LINE][0]}, column 1 has no integer item id: each "
+            f"line starts with the id, then '::', '|', ',', a tab, a space or the end of the "
+            f"line ({bad.height} line(s) affected); first offending rows: {shown}"
+        )
+    twice = ids.filter(pl.col(ITEM).is_duplicated())
+    if twice.height:
+        shown = "; ".join(
+            f"line {r[_LINE]}: {r[ITEM]}" for r in twice.head(MAX_EXAMPLES).iter_rows(named=True)
+        )
+        raise RawDataError(
+            f"item catalogue {path} column 1 lists an id twice (line {twice[_LINE][0]}, "
+            f"{twice.height} line(s) affected); first offending rows: {shown}"
+        )
+    logger.info("item catalogue: %d items from %s", ids.height, path)
+    return ids.select(ITEM).sort(ITEM)
 
 
 def _read_movielens(

@@ -17,6 +17,9 @@ GX runs on those:
   ``loo_valid``/``loo_test``: the evaluated users; ``loo_train``: the events minus twice that),
   ``difference``.
 
+With an item catalogue (``items``: ``ItemId``, every item the models may rank), each artifact also
+gets a per-item table (``ItemId``, ``in_catalogue``): every item of every artifact must be in it.
+
 On failure a :class:`DataValidationError` names the dataset, the artifact, the check and GX
 expectation, the offending users (or artifacts) and up to 5 example rows.
 """
@@ -53,6 +56,7 @@ LABELS = {
     "columns": "per-column summary",
     "users": "per-user summary",
     "sizes": "per-artifact sizes",
+    "catalogue": "per-item catalogue membership",
 }
 
 
@@ -148,6 +152,18 @@ def size_summary(
             "difference": pl.Int64,
         },
     )
+
+
+def catalogue_summary(frame: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """One row per distinct item of ``frame``: ``ItemId``, ``in_catalogue`` (1 if ``items``
+    holds it, else 0)."""
+    return (
+        frame.select(ITEM)
+        .unique()
+        .sort(ITEM)
+        .with_columns(pl.col(ITEM).is_in(items.get_column(ITEM).implode()).cast(pl.Int64)
+                      .alias("in_catalogue"))
+    )  # fmt: skip
 
 
 def _only(spec: _Spec, column: str, value: Any) -> _Spec:
@@ -249,6 +265,7 @@ def validate_loo_splits(
     *,
     min_items: int,
     holdout: str = "valid_test",
+    items: pl.DataFrame | None = None,
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Validate user sequences and their leave-one-out split with Great Expectations.
@@ -264,7 +281,9 @@ def validate_loo_splits(
     - sizes: ``|loo_valid| = |loo_test|`` = the evaluated users, ``|loo_train|`` = the events
       minus twice that, ``|sequences|`` = the events (so train + valid + test = all events);
     - with ``holdout="test"`` (no validation item): ``loo_valid`` empty, test not older than the
-      user's train events, ``|loo_train|`` = the events minus the evaluated users.
+      user's train events, ``|loo_train|`` = the events minus the evaluated users;
+    - with ``items`` (the item catalogue, artifact ``items``): one integer ``ItemId`` column, no
+      nulls, and every item of every other artifact in it.
 
     Args:
         artifacts: every name of :data:`ARTIFACTS` -> polars frame.
@@ -272,6 +291,7 @@ def validate_loo_splits(
         min_items: the leave-one-out threshold.
         holdout: ``"valid_test"`` or ``"test"``
             (:func:`recsys_pipeline.preprocessing.sequences.leave_one_out`).
+        items: the item catalogue (``ItemId``), or None (no catalogue checks).
         raise_on_failure: raise on a failed expectation; else log a warning and return the report.
 
     Returns:
@@ -305,6 +325,12 @@ def validate_loo_splits(
             tables.append(_Table("users", users, USER, _user_specs(name, min_items, holdout)))
         if sizes is not None:
             tables.append(_Table("sizes", sizes, "artifact", _size_specs(name, holdout)))
+        if items is not None and ITEM in df.columns and df.schema[ITEM].is_integer():
+            spec = _in_set(
+                f"{name}_in_catalogue", "in_catalogue", [1],
+                f"every item of {name} is in the item catalogue",
+            )  # fmt: skip
+            tables.append(_Table("catalogue", catalogue_summary(df, items), ITEM, [spec]))
         entries, found = _run_tables(runner, df, name, tables)
         failures.extend(found)
         report_artifacts[name] = {
@@ -312,6 +338,13 @@ def validate_loo_splits(
             "success": not found,
             "expectations": entries,
         }
+    if items is not None:
+        specs = _column_specs({ITEM: ("int",)}, exact=True, required_kinds={ITEM: "int"})
+        tables = [_Table("columns", column_summary(items), "column", specs)]
+        entries, found = _run_tables(runner, items, "items", tables)
+        failures.extend(found)
+        report_artifacts["items"] = {"n_rows": items.height, "success": not found,
+                                     "expectations": entries}  # fmt: skip
     report = {
         "dataset": dataset,
         "success": not failures,

@@ -124,6 +124,7 @@ class _Splits:
     ) -> None:
         self.dataset, self.layout = dataset, layout(dataset)
         self.train, self.valid, self.test = train, valid, test
+        self.items: pl.DataFrame | None = None  # the item catalogue (user sequences)
         self.training = training
         self.evaluation, self.sequence_evaluation = evaluation, sequence_evaluation
         rename = {"UserId": "SessionId"} if self.layout == "sequences" else {}
@@ -133,8 +134,9 @@ class _Splits:
         block = {"defaults": params}
         if self.layout == "sequences":
             model, history, _ = sequence_nodes.train_sequence_model(
-                self.train, self.valid, block, self.training, kind=kind, dataset=self.dataset
-            )
+                self.train, self.valid, self.items, block, self.training, kind=kind,
+                dataset=self.dataset,
+            )  # fmt: skip
         elif self.layout == "user_item":
             model, history, _ = neumf_nodes.train_neumf_time(self.train, block)
         else:
@@ -261,6 +263,7 @@ def compare_models(
     train: pl.DataFrame,
     valid: pl.DataFrame,
     test: pl.DataFrame,
+    items: pl.DataFrame,
     compare: dict[str, Any],
     parameters: dict[str, Any],
     training: dict[str, Any],
@@ -268,7 +271,8 @@ def compare_models(
     sequence_evaluation: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, dict]]:
     """Every model of ``compare.models`` (default: every registered model of the dataset's
-    task) and the task's baselines, trained on ``train`` and evaluated on ``test``.
+    task) and the task's baselines, trained on ``train`` and evaluated on ``test``. On a
+    user-sequence dataset ``items`` (its item catalogue) is every model's item table.
 
     Returns the comparison (JSON: dataset, splits, protocols in words, one row per model) and
     its figures for MLflow (``<dataset>.<model>.<protocol>.<metric>``; each model also gets a
@@ -278,6 +282,7 @@ def compare_models(
     models = chosen_models(compare, parameters)
     params = {kind: _model_params(kind, dataset, compare, parameters) for kind in models}
     splits = _Splits(dataset, train, valid, test, training, evaluation, sequence_evaluation)
+    splits.items = items if splits.layout == "sequences" else None
     protocols: dict[str, str] = {}
     rows = []
     names = list(_BASELINES[task(dataset)]) if compare.get("baselines", True) else []
@@ -290,13 +295,17 @@ def compare_models(
         _mlflow_child(name, dataset, params.get(name, {}), row)
         rows.append(row)
     split_files = {role: compare_split(dataset, role) for role in ("train", "valid", "test")}
+    if splits.items is not None:
+        split_files["items"] = compare_split(dataset, "items")
     result = {
         "dataset": dataset,
         "task": task(dataset),
         "splits": split_files,
         "rows_in_splits": {
             role: frame.height
-            for role, frame in zip(split_files, (train, valid, test), strict=True)
+            for role, frame in zip(
+                split_files, (train, valid, test, items)[: len(split_files)], strict=True
+            )
         },
         "protocols": protocols,
         "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -6,7 +6,7 @@ run per model.
 
 The catalog reads the dataset's splits through the runtime parameter ``compare.dataset`` and the
 resolver ``compare_split`` (``splits.py``): a session dataset's ``train_full``/``test``, a user
-sequence dataset's ``loo_*`` splits, MovieLens' ``time_*`` split.
+sequence dataset's ``loo_*`` splits and item catalogue ``items`` (``compare.item_table``), MovieLens' ``time_*`` split.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train",
                     "valid",
                     "test",
+                    "item_table",
                     "params:compare",
                     "parameters",
                     "params:training",

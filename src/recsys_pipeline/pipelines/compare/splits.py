@@ -16,11 +16,13 @@ user sequences      ``preprocess_sequences`` (beauty, ml1m...)  next_item     lo
 
 from __future__ import annotations
 
-ROLES = ("train", "valid", "test")
+#: the splits, then ``items``: the frame whose ``ItemId`` column is the item catalogue the
+#: models rank (a user-sequence dataset's ``items``; elsewhere the training split's items)
+ROLES = ("train", "valid", "test", "items")
 _LAYOUTS = {
-    "sessions": ("train_full", "train_valid", "test"),
-    "sequences": ("loo_train", "loo_valid", "loo_test"),
-    "user_item": ("time_train", "time_valid", "time_test"),
+    "sessions": ("train_full", "train_valid", "test", "train_full"),
+    "sequences": ("loo_train", "loo_valid", "loo_test", "items"),
+    "user_item": ("time_train", "time_valid", "time_test", "time_train"),
 }
 #: the dataset of user-item (NeuMF) models
 USER_ITEM_DATASET = "movielens"
@@ -44,7 +46,8 @@ def task(dataset: str) -> str:
 
 
 def compare_split(dataset: str, role: str) -> str:
-    """The file name (without ``.parquet``) of ``dataset``'s ``role`` split (train, valid, test).
+    """The file name (without ``.parquet``) of ``dataset``'s ``role`` split (train, valid, test)
+    or of its item catalogue (items).
 
     >>> compare_split("beauty", "train"), compare_split("diginetica", "test")
     ('loo_train', 'test')

@@ -3,7 +3,9 @@
 ``params`` is ``preprocess_sequences.<dataset>`` of
 ``conf/base/parameters_preprocess_sequences.yml``: ``format`` (``pairs``, ``lines``,
 ``movielens``), ``raw_dir``, ``file``, ``min_items``, ``holdout`` (``valid_test``, default, or
-``test``: no validation item) and, for MovieLens, ``variant`` and ``min_rating``.
+``test``: no validation item), ``catalog`` (optional: a file in ``raw_dir`` listing every item
+id of the catalogue, e.g. MovieLens' ``movies.dat``; without it the catalogue is the items of
+``loo_train``) and, for MovieLens, ``variant`` and ``min_rating``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from typing import Any
 
 import polars as pl
 
-from recsys_pipeline.datasets.sequences import HAS_TIMES, SEQUENCE_COLUMNS, read_sequences
+from recsys_pipeline.datasets.sequences import (
+    HAS_TIMES,
+    SEQUENCE_COLUMNS,
+    read_item_catalog,
+    read_sequences,
+)
 from recsys_pipeline.preprocessing import sequences as S
 
 logger = logging.getLogger(__name__)
 
-_KNOWN = {"format", "raw_dir", "file", "min_items", "holdout", "variant", "min_rating"}
+_KNOWN = {
+    "format", "raw_dir", "file", "min_items", "holdout", "catalog", "variant", "min_rating",
+}  # fmt: skip
 
 
 def _checked(params: dict[str, Any]) -> dict[str, Any]:
@@ -96,19 +105,32 @@ def split(
     return loo.train, loo.valid, loo.test
 
 
+def item_table(loo_train: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
+    """The item catalogue the models rank (``ItemId``, ascending): the ids of the ``catalog``
+    file in ``raw_dir`` when the parameter names one (items nobody interacted with included,
+    as generative-recommenders ranks every id of ``movies.dat``), else the items of
+    ``loo_train`` (what a model's item table holds by default)."""
+    catalog = _checked(params).get("catalog")
+    if catalog:
+        return read_item_catalog(params["raw_dir"], str(catalog))
+    return loo_train.select("ItemId").unique().sort("ItemId")
+
+
 def validate(
     sequences: pl.DataFrame,
     loo_train: pl.DataFrame,
     loo_valid: pl.DataFrame,
     loo_test: pl.DataFrame,
+    items: pl.DataFrame,
     raw_report: dict[str, Any],
     params: dict[str, Any],
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, dict, dict]:
-    """Great Expectations on the sequences and splits; only validated data reaches the catalog.
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, dict, dict]:
+    """Great Expectations on the sequences, splits and item catalogue; only validated data
+    reaches the catalog.
 
-    Returns the four frames, the raw check's report and the split validation report, all
+    Returns the five frames, the raw check's report and the split validation report, all
     written only when every check passed. Raises ``DataValidationError`` naming the artifact,
-    the expectation and offending rows.
+    the expectation and offending rows (e.g. events whose item the catalogue lacks).
     """
     from recsys_pipeline.validation.sequences import validate_loo_splits
 
@@ -119,9 +141,15 @@ def validate(
         "loo_test": loo_test,
     }
     report = validate_loo_splits(
-        frames, _label(params), min_items=_min_items(params), holdout=_holdout(params)
+        frames,
+        _label(params),
+        min_items=_min_items(params),
+        holdout=_holdout(params),
+        # a catalogue file must hold every item; the default one (loo_train's items) need not
+        # hold the items first seen as a validation or test item
+        items=items if params.get("catalog") else None,
     )
-    return sequences, loo_train, loo_valid, loo_test, raw_report, report
+    return sequences, loo_train, loo_valid, loo_test, items, raw_report, report
 
 
 def compute_stats(
@@ -129,9 +157,11 @@ def compute_stats(
     loo_train: pl.DataFrame,
     loo_valid: pl.DataFrame,
     loo_test: pl.DataFrame,
+    items: pl.DataFrame,
     params: dict[str, Any],
 ) -> dict[str, Any]:
-    """Users, items, events, lengths, users wholly in train, ``has_times``, rows per split."""
+    """Users, items, events, lengths, users wholly in train, ``has_times``, rows per split, the
+    item catalogue's size and source."""
     min_items = _min_items(params)
     stats = S.sequence_stats(sequences, min_items)
     splits = {"loo_train": loo_train, "loo_valid": loo_valid, "loo_test": loo_test}
@@ -160,6 +190,15 @@ def compute_stats(
         + f"users with < {min_items} events wholly in train",
         "parameters": {k: v for k, v in params.items()},
         **stats,
+        "catalogue": {
+            "items": items.height,
+            "source": params.get("catalog") or "the items of loo_train",
+            "never_in_train": items.height
+            - loo_train.get_column("ItemId")
+            .unique()
+            .is_in(items.get_column("ItemId").implode())
+            .sum(),
+        },
         "splits": {
             name: {
                 "rows": df.height,

@@ -2,7 +2,8 @@
 
 One namespace per dataset listed in ``conf/base/parameters_preprocess_sequences.yml``
 (``preprocess_sequences.<dataset>``); catalog names ``<dataset>.sequences``,
-``<dataset>.loo_train``, ``<dataset>.loo_valid``, ``<dataset>.loo_test``,
+``<dataset>.loo_train``, ``<dataset>.loo_valid``, ``<dataset>.loo_test``, ``<dataset>.items``
+(the item catalogue the models rank),
 ``<dataset>.seq_raw_validation``, ``<dataset>.seq_validation_report``, ``<dataset>.seq_stats``.
 ``kedro run --pipelines=preprocess_sequences --namespaces=video`` runs one dataset.
 """
@@ -50,19 +51,26 @@ def template(dataset: str) -> Pipeline:
                 name="split",
             ),
             Node(
+                nodes.item_table,
+                ["unvalidated_loo_train", PARAMS],
+                "unvalidated_items",
+                name="item_table",
+            ),
+            Node(
                 nodes.validate,
                 [
                     "unvalidated_sequences",
                     *unvalidated,
+                    "unvalidated_items",
                     "unvalidated_seq_raw_validation",
                     PARAMS,
                 ],
-                ["sequences", *SPLITS, "seq_raw_validation", "seq_validation_report"],
+                ["sequences", *SPLITS, "items", "seq_raw_validation", "seq_validation_report"],
                 name="validate",
             ),
             Node(
                 nodes.compute_stats,
-                ["sequences", *SPLITS, PARAMS],
+                ["sequences", *SPLITS, "items", PARAMS],
                 "seq_stats",
                 name="compute_stats",
             ),

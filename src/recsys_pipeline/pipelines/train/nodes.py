@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -60,6 +61,7 @@ def train_model(
     kind: str,
     dataset: str,
     valid: pl.DataFrame | None = None,
+    item_ids: np.ndarray | None = None,
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """Train a ``kind`` model (the registry's) on ``train_full`` with its parameter block
     resolved for ``dataset``; returns the model, its epoch history and MLflow metrics.
@@ -70,10 +72,27 @@ def train_model(
     when training ends).
 
     ``valid``: validation targets given to ``fit`` when the block sets ``patience`` (early
-    stopping on them)."""
+    stopping on them).
+
+    ``item_ids``: the item catalogue (raw ids) to use as the model's item table; passed to
+    ``fit`` when it takes ``item_ids``. A model whose ``fit`` does not (GRU4Rec) trains on the
+    items of ``train_full``; it is an error when the catalogue holds other items."""
     params = run_params(resolve_params(block, dataset))
     model = create_model(kind, params)
     fit_args: dict[str, Any] = {}
+    if item_ids is not None:
+        if "item_ids" in inspect.signature(model.fit).parameters:
+            fit_args["item_ids"] = np.asarray(item_ids)
+        else:
+            seen = np.unique(train_full.get_column("ItemId").to_numpy())
+            extra = np.setdiff1d(np.asarray(item_ids), seen)
+            if len(extra):
+                raise ValueError(
+                    f"{kind} on {dataset}: the item catalogue holds {len(extra)} item(s) that "
+                    f"never occur in the training data (first: {extra[:5].tolist()}) and "
+                    f"{kind} cannot rank items it has no events of; preprocess without "
+                    "'catalog' to rank the training items"
+                )
     if valid is not None and params.get("patience") is not None:
         if valid.height == 0:
             raise ValueError(

@@ -12,7 +12,8 @@ Two protocols, chosen by the dataset:
 * **session datasets** (``preprocess_<dataset>``): train on ``train_full``, evaluate every
   position after a test session's first (``params:evaluation``);
 * **user-sequence datasets** (``preprocess_sequences``, e.g. ``video``): train on ``loo_train``
-  (``loo_valid`` for early stopping when the model's block sets ``patience``), evaluate each
+  (``loo_valid`` for early stopping when the model's block sets ``patience``; the item table =
+  the dataset's ``items`` catalogue), evaluate each
   user's last item after its training and validation items (``params:sequence_evaluation``:
   full ranking with the history excluded, without, and the legacy sampled protocol).
 """
@@ -77,7 +78,7 @@ def sequence_template(kind: str, dataset: str) -> Pipeline:
         [
             Node(
                 bind(sequence_nodes.train_sequence_model, kind=kind, dataset=dataset),
-                ["loo_train", "loo_valid", "params:model_block", "params:training"],
+                ["loo_train", "loo_valid", "items", "params:model_block", "params:training"],
                 ["model", "history", "epoch_metrics"],
                 name="train",
             ),
@@ -129,7 +130,7 @@ def for_pair(kind: str, dataset: str) -> Pipeline:
         return Pipeline(
             sequence_template(kind, dataset),
             namespace=f"{dataset}.{kind}",
-            inputs={s: f"{dataset}.{s}" for s in ("loo_train", "loo_valid", "loo_test")},
+            inputs={s: f"{dataset}.{s}" for s in ("loo_train", "loo_valid", "loo_test", "items")},
             parameters={
                 "params:model_block": f"params:{kind}",
                 "params:training": "params:training",

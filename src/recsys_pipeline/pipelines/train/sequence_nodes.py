@@ -54,6 +54,7 @@ def _sessions(frame: pl.DataFrame) -> pl.DataFrame:
 def train_sequence_model(
     loo_train: pl.DataFrame,
     loo_valid: pl.DataFrame,
+    items: pl.DataFrame | None,
     block: dict[str, Any],
     training: dict[str, Any] | None = None,
     *,
@@ -62,7 +63,9 @@ def train_sequence_model(
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """Train a ``kind`` model on ``loo_train`` with its parameter block resolved for
     ``dataset``; the validation items drive early stopping when the block sets ``patience``.
-    Returns the model, its epoch history and the MLflow metric history."""
+    ``items`` (the dataset's item catalogue, ``ItemId``) is the model's item table: items that
+    never occur in ``loo_train`` are then negatives and ranked candidates too (None: the items
+    of ``loo_train``). Returns the model, its epoch history and the MLflow metric history."""
     return train_model(
         _sessions(loo_train),
         block,
@@ -70,6 +73,7 @@ def train_sequence_model(
         kind=kind,
         dataset=dataset,
         valid=_sessions(loo_valid),
+        item_ids=None if items is None else items.get_column("ItemId").to_numpy(),
     )
 
 

@@ -286,11 +286,13 @@ def train_final(
     tune: dict[str, Any],
 ) -> tuple[Any, list[dict], dict[str, list[dict]]]:
     """The final retrain of ``tune.model`` on ``train_full`` with the best parameters (the
-    training template's node, the parameters given as a block's ``defaults``)."""
+    training template's node, the parameters given as a block's ``defaults``). On user
+    sequences the item table is the training items (a dataset's ``catalog`` is not used here,
+    as in the trials)."""
     block, kind, dataset = {"defaults": params}, tune["model"], tune["dataset"]
     if _sequences(tune):
         return sequence_nodes.train_sequence_model(
-            train_full, train_valid, block, kind=kind, dataset=dataset
+            train_full, train_valid, None, block, kind=kind, dataset=dataset
         )
     return train.train_model(train_full, block, kind=kind, dataset=dataset)
 
