@@ -237,13 +237,33 @@ def test_a_kill_during_retraining_leaves_champion_registry_and_manifest_untouche
     assert len(read_manifest(manifest_path)) == len(json.loads(manifest_before)["files"]) + 1
 
 
-def test_retrain_sasrec_trains_then_fine_tunes(project: Path):
-    """``retrain.model=sasrec`` on the session data: the first run trains and promotes a SASRec,
-    the next fine-tunes it (its epochs continue, new items grow its table) and compares it with
-    the champion on the newest window."""
+#: a tiny block per transformer on the generated sessions
+TRANSFORMERS = {
+    "sasrec": {"num_epochs": 2, "maxlen": 10, "loss": "ce", "lr": 0.005},
+    # XLNet-MLM learns slower: enough steps to beat most-popular (the promotion gate). BERT4Rec
+    # is not here: on this tiny data it stays under most-popular's MRR@20 (0.121 vs 0.132 with
+    # 4-10 epochs, lr 0.005-0.01, with or without warm-up), so the first run never promotes;
+    # its fine-tuning with item growth is tested on the model (tests/models/test_bert4rec.py)
+    "xlnet_mlm": {
+        "num_epochs": 6,
+        "maxlen": 10,
+        "d_model": 32,
+        "item_dim": 32,
+        "n_head": 2,
+        "lr": 0.01,
+    },
+    "hstu": {"num_epochs": 2, "maxlen": 10, "hidden_units": 32, "lr": 0.005},
+}
+
+
+@pytest.mark.parametrize("kind", list(TRANSFORMERS))
+def test_retrain_transformer_trains_then_fine_tunes(project: Path, kind: str):
+    """``retrain.model=<kind>`` on the session data: the first run trains and promotes the
+    model, the next fine-tunes it (its epochs continue, new items grow its table) and compares
+    it with the champion on the newest window."""
     params = TINY | {
-        "retrain": {"register_rejected": True, "model": "sasrec"},
-        "sasrec": {"synthetic": {"num_epochs": 2, "maxlen": 10, "loss": "ce", "lr": 0.005}},
+        "retrain": {"register_rejected": True, "model": kind},
+        kind: {"synthetic": TRANSFORMERS[kind]},
     }
     run(project, "__default__", session={"runtime_params": TINY})
     _incoming(project, "2019-12-01", seed=7)
@@ -258,5 +278,6 @@ def test_retrain_sasrec_trains_then_fine_tunes(project: Path):
 
     with KedroSession.create(project_path=project, runtime_params=params) as session:
         model = session.load_context().catalog.load("retrain.challenger")  # path by the model
-    assert model.kind == "sasrec" and [h.epoch for h in model.history][-1] == 4
+    epochs = TRANSFORMERS[kind]["num_epochs"]
+    assert model.kind == kind and [h.epoch for h in model.history][-1] == 2 * epochs
     assert model.fine_tune_rounds and model.fine_tune_rounds[0]["optimizer_state"] == "carry"
