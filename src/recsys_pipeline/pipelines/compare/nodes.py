@@ -118,13 +118,15 @@ class _Splits:
         train: pl.DataFrame,
         valid: pl.DataFrame,
         test: pl.DataFrame,
+        items: pl.DataFrame,
         training: dict[str, Any],
         evaluation: dict[str, Any],
         sequence_evaluation: dict[str, Any],
     ) -> None:
         self.dataset, self.layout = dataset, layout(dataset)
         self.train, self.valid, self.test = train, valid, test
-        self.items: pl.DataFrame | None = None  # the item catalogue (user sequences)
+        # the item catalogue of a user-sequence dataset; elsewhere the training items
+        self.items = items if self.layout == "sequences" else None
         self.training = training
         self.evaluation, self.sequence_evaluation = evaluation, sequence_evaluation
         rename = {"UserId": "SessionId"} if self.layout == "sequences" else {}
@@ -281,8 +283,7 @@ def compare_models(
     dataset = compare["dataset"]
     models = chosen_models(compare, parameters)
     params = {kind: _model_params(kind, dataset, compare, parameters) for kind in models}
-    splits = _Splits(dataset, train, valid, test, training, evaluation, sequence_evaluation)
-    splits.items = items if splits.layout == "sequences" else None
+    splits = _Splits(dataset, train, valid, test, items, training, evaluation, sequence_evaluation)
     protocols: dict[str, str] = {}
     rows = []
     names = list(_BASELINES[task(dataset)]) if compare.get("baselines", True) else []
