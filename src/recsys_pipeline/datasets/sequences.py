@@ -76,8 +76,8 @@ class _TextSequences(RawFormat):
         self.files = (file,)
 
 
-def _read_text(path: Path) -> str:
-    """The decoded text of ``path`` (``.gz`` inflated in memory); errors name the line."""
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` (``.gz`` inflated in memory); a broken gzip file is a clear error."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
@@ -89,6 +89,12 @@ def _read_text(path: Path) -> str:
             f"{path} is not a complete gzip file ({exc}); download it again or decompress it "
             "by hand to see where it breaks"
         ) from exc
+    return data
+
+
+def _read_text(path: Path) -> str:
+    """The decoded text of ``path`` (``.gz`` inflated in memory); errors name the line."""
+    data = _read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -246,7 +252,7 @@ def read_item_catalog(directory: str | Path, file: str) -> pl.DataFrame:
             line and the first offending lines), an id listed twice.
     """
     (path,) = _Catalog(file).locate(directory)
-    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    data = _read_bytes(path)
     # latin-1 maps every byte to a character: the ASCII ids read the same in any encoding
     lines = pl.DataFrame({"shown": data.decode("latin-1").split("\n")}, schema={"shown": pl.String})
     lines = lines.with_row_index(_LINE, offset=1).with_columns(pl.col(_LINE).cast(pl.Int64))
