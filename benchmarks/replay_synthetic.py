@@ -101,10 +101,10 @@ def main() -> None:
     }
     table = result.table.select(
         "day",
-        "n_targets",
+        pl.col("gru4rec/n_targets").alias("n_targets"),
         "n_new_items",
-        "n_known_items",
-        pl.col("train_seconds").round(1),
+        pl.col("gru4rec/n_known_items").alias("n_known_items"),
+        pl.col("gru4rec/train_seconds").round(1).alias("train_seconds"),
         *[pl.col(c).round(4).alias(short[c]) for c in metric_cols],
     )
     with pl.Config(tbl_rows=100, tbl_cols=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):

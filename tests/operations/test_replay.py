@@ -147,7 +147,7 @@ def test_every_later_day_evaluated_once(
     assert result.table.get_column("day").to_list() == expected
     assert list(rec.vocab) == expected
     assert result.models == [GRU4REC, MOST_POPULAR, LAST_ITEM]
-    assert (result.table.get_column("n_targets") > 0).all()
+    assert (result.table.get_column(f"{GRU4REC}/n_targets") > 0).all()
 
 
 def test_model_on_day_d_has_seen_only_earlier_days(
@@ -169,12 +169,12 @@ def test_model_on_day_d_has_seen_only_earlier_days(
             assert new <= rec.vocab[days[i + 1][0]][GRU4REC]
         row = result.table.row(i - 1, named=True)
         assert row["n_new_items"] == len(new)
-        assert row["n_known_items"] == len(before)
+        assert row[f"{GRU4REC}/n_known_items"] == len(before)
         # the targets of the day are its events of known items, minus the first of each session
         known = frames[i].filter(pl.col("ItemId").is_in(list(before)))
         sizes = known.group_by("SessionId").len().get_column("len").to_numpy()
-        assert row["n_targets"] == int((sizes[sizes > 1] - 1).sum())
-        assert row[f"{MOST_POPULAR}/n_targets"] == row["n_targets"]
+        assert row[f"{GRU4REC}/n_targets"] == int((sizes[sizes > 1] - 1).sum())
+        assert row[f"{MOST_POPULAR}/n_targets"] == row[f"{GRU4REC}/n_targets"]
 
 
 @pytest.mark.parametrize("mode", ["retrain_growing", "retrain_sliding"])
@@ -222,7 +222,8 @@ def test_to_dict_is_json(fine_tuned: tuple[ReplayResult, _Recorder]) -> None:
     ]
     assert out["mean"] == pytest.approx(result.mean)
     assert out["config"]["mode"] == "fine_tune"
-    assert out["config"]["params"]["layers"] == [16]
+    assert out["config"]["models"] == [GRU4REC]
+    assert out["config"]["params"][GRU4REC]["layers"] == [16]
 
 
 def test_plot_has_one_line_per_model(fine_tuned: tuple[ReplayResult, _Recorder]) -> None:
@@ -262,6 +263,52 @@ def test_options_and_errors(days: list[tuple[date, pl.DataFrame]]) -> None:
         replay(days, PARAMS, model=GRU4REC, first_train_days=len(days))
     with pytest.raises(ValueError, match="ascending"):
         replay(days[::-1], PARAMS, model=GRU4REC)
+    with pytest.raises(ValueError, match="kind: params"):
+        replay(days, PARAMS, model=[GRU4REC, "sasrec"])
+    with pytest.raises(ValueError, match="distinct"):
+        replay(days, {GRU4REC: PARAMS}, model=[GRU4REC, GRU4REC])
+    with pytest.raises(ValueError, match="next-item"):
+        replay(days, {"neumf": {}}, model=["neumf"])
+
+
+#: SASRec's and BERT4Rec's parameters here (both take these names)
+TINY_TRANSFORMER: dict[str, Any] = {
+    "maxlen": 20, "hidden_units": 16, "num_epochs": 1, "batch_size": 32, "device": "cpu",
+}  # fmt: skip
+
+
+def test_several_models_on_the_same_days_and_targets(
+    days: list[tuple[date, pl.DataFrame]],
+) -> None:
+    """GRU4Rec and SASRec replayed together: each is trained and fine-tuned on its own (GRU4Rec's
+    figures are those of a replay of GRU4Rec alone), both are ranked on the same targets."""
+    seen: dict[date, dict[str, set[Any]]] = {}
+
+    def record(day: date, models: dict[str, NextItemModel]) -> None:
+        seen[day] = {name: set(m.item_ids.tolist()) for name, m in models.items()}
+
+    kw: dict[str, Any] = {"protocol": "t4rec", "cutoffs": (10, 20), "n_eval_days": 3}
+    both = replay(
+        days, {GRU4REC: PARAMS, "sasrec": TINY_TRANSFORMER}, model=[GRU4REC, "sasrec"],
+        callback=record, **kw,
+    )  # fmt: skip
+    alone = replay(days, PARAMS, model=GRU4REC, **kw)
+    assert both.models == [GRU4REC, "sasrec", MOST_POPULAR, LAST_ITEM]
+    assert both.config["models"] == [GRU4REC, "sasrec"]
+    assert set(both.config["params"]) == {GRU4REC, "sasrec"}
+    for col in alone.table.columns:
+        if col.startswith((f"{GRU4REC}/", MOST_POPULAR, LAST_ITEM)) and "seconds" not in col:
+            np.testing.assert_allclose(both.table[col].to_numpy(), alone.table[col].to_numpy())
+    frames = [t4rec_sessions(f) for _, f in days]  # what the models train on
+    for i, row in enumerate(both.table.iter_rows(named=True)):
+        # the last item of every test-half session, whichever model ranks it
+        assert row["sasrec/n_targets"] == row[f"{GRU4REC}/n_targets"] > 0
+        assert row["sasrec/train_seconds"] > 0 and row["sasrec/eval_seconds"] > 0
+        # both grew their vocabulary with the days before, and only those
+        before = _items(frames[: i + 1])
+        assert seen[row["day"]]["sasrec"] == seen[row["day"]][GRU4REC] == before
+        assert row["sasrec/n_known_items"] == len(before)
+    assert len(plot_replay(both, "ndcg@20").axes[0].get_lines()) == 4
 
 
 # -------------------------------------------------------------------- Transformers4Rec protocol
@@ -293,9 +340,7 @@ def test_split_halves_is_seeded_and_whole() -> None:
 def test_t4rec_protocol_last_item_of_each_test_half_session(
     kind: str, days: list[tuple[date, pl.DataFrame]]
 ) -> None:
-    params = PARAMS if kind == "gru4rec" else {
-        "maxlen": 20, "hidden_units": 16, "num_epochs": 1, "batch_size": 32, "device": "cpu",
-    }  # fmt: skip
+    params = PARAMS if kind == "gru4rec" else TINY_TRANSFORMER
     result = replay(days, params, model=kind, protocol="t4rec", cutoffs=(10, 20), n_eval_days=2,
                     split_seed=5)  # fmt: skip
     assert "ndcg@20" in result.metrics and f"{kind}/ndcg@20" in result.table.columns

@@ -1,17 +1,18 @@
 """Day-by-day replay, the evaluation protocol of Transformers4Rec (incremental training).
 
 The event log is cut into days (:func:`split_days`; a session belongs to the day of its first
-event and is never cut). :func:`replay` then trains on the first ``first_train_days`` days and,
-for every following day ``d``:
+event and is never cut). :func:`replay` then trains one or more next-item models of the registry
+(each independently, on the same days) on the first ``first_train_days`` days and, for every
+following day ``d``:
 
-1. evaluates the current model on day ``d`` (it has seen only the days before ``d``), and the
+1. evaluates the current models on day ``d`` (they have seen only the days before ``d``), and the
    baselines :class:`~recsys_pipeline.models.baselines.MostPopular` and
    :class:`~recsys_pipeline.models.baselines.LastItemCooccurrence` fitted on *all* days before
    ``d``;
-2. updates the model with day ``d``: ``mode="fine_tune"`` continues training on day ``d`` only
-   (:meth:`~recsys_pipeline.models.gru4rec.GRU4Rec.fine_tune`, new items are appended to the
-   item tables); ``"retrain_growing"`` retrains from scratch on all days up to ``d``;
-   ``"retrain_sliding"`` retrains from scratch on the last ``sliding_days`` days up to ``d``.
+2. updates each model with day ``d``: ``mode="fine_tune"`` continues training on day ``d`` only
+   (the model's ``fine_tune``; new items are appended to the item tables); ``"retrain_growing"``
+   retrains from scratch on all days up to ``d``; ``"retrain_sliding"`` retrains from scratch on
+   the last ``sliding_days`` days up to ``d``.
 
 Evaluation is :func:`~recsys_pipeline.evaluation.evaluate.evaluate` (full ranking): test events
 of items a model does not know are dropped (the session is bridged), so items first appearing on
@@ -28,7 +29,7 @@ session**, ranked against all items after the session's earlier items
 (:func:`~recsys_pipeline.evaluation.last_item.evaluate_last_item`, history not excluded; a
 target item the model never saw counts as a miss, as in the reference, whose vocabulary holds
 every item id). Metrics: ``recall@k`` (= HR@k), ``ndcg@k`` and ``mrr@k``, averaged over the days.
-The model is then updated with the whole day, both halves.
+The models are then updated with the whole day, both halves.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -142,18 +143,20 @@ class ReplayResult:
     """The outcome of :func:`replay`.
 
     Attributes:
-        table: one row per evaluated day: ``day`` (date), ``n_targets`` (targets of GRU4Rec),
-            ``n_events``, ``n_sessions``, ``n_new_items`` (distinct items of the day absent from
-            all earlier days), ``n_known_items`` (GRU4Rec's vocabulary when evaluating the day),
-            ``train_seconds`` (the training that produced the model evaluated on the day),
-            ``eval_seconds`` (GRU4Rec), and per model ``"<model>/<metric>"`` for every
-            ``recall@k`` / ``mrr@k`` and ``"<model>/n_targets"``.
+        table: one row per evaluated day: ``day`` (date), ``n_events``, ``n_sessions``,
+            ``n_valid_sessions`` (``"t4rec"``: the held-out half), ``n_new_items`` (distinct
+            items of the day absent from all earlier days); per trained model
+            ``"<kind>/n_known_items"`` (its vocabulary when evaluating the day),
+            ``"<kind>/train_seconds"`` (the training that produced the model evaluated on the
+            day) and ``"<kind>/eval_seconds"``; per model (trained and baselines)
+            ``"<model>/<metric>"`` for every metric and ``"<model>/n_targets"``.
         mean: ``{"<model>/<metric>": mean over the evaluated days}`` (days without a target
             are left out).
         weighted_mean: the same, each day weighted by the model's number of targets.
-        models: the model names, GRU4Rec first.
+        models: the model names, the trained models first (in the order given), then the
+            baselines.
         metrics: the metric names (``recall@k``, ``mrr@k``).
-        config: the replay's settings (mode, days, GRU4Rec parameters, ...).
+        config: the replay's settings (mode, days, each trained model's parameters, ...).
     """
 
     table: pl.DataFrame
@@ -226,9 +229,9 @@ def _has_target(frame: pl.DataFrame) -> bool:
 
 def replay(
     days: Sequence[Day],
-    params: ModelParams | dict[str, Any],
+    params: ModelParams | Mapping[str, Any],
     *,
-    model: str,
+    model: str | Sequence[str],
     first_train_days: int = 1,
     n_eval_days: int | None = None,
     fine_tune_epochs: int | None = None,
@@ -249,8 +252,11 @@ def replay(
 
     Args:
         days: ``[(day, frame), ...]`` in day order, as :func:`split_days` returns.
-        params: the model's hyperparameters (or a dict of them).
-        model: the kind of the trained model (a next-item model of the registry).
+        params: the model's hyperparameters (or a dict of them); with several models,
+            ``{kind: hyperparameters}`` for each of them.
+        model: the kind of the trained model (a next-item model of the registry), or several
+            kinds: each is trained, evaluated and updated on the same days and targets, one
+            after the other.
         first_train_days: days used for the initial training (``fit``).
         n_eval_days: evaluate this many days after the initial ones (``None``: all the rest).
         fine_tune_epochs: epochs of every fine-tune round (``None``: ``params.n_epochs``).
@@ -290,16 +296,26 @@ def replay(
     dates = [d for d, _ in days]
     if any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
         raise ValueError("days must be in strictly ascending order")
-    cls = model_class(model)
-    if cls.task != "next_item":
-        raise ValueError(f"replay needs a next-item model; {model!r} is a {cls.task} model")
-    p = params if isinstance(params, ModelParams) else cls.params_class.from_dict(dict(params))
+    kinds = [model] if isinstance(model, str) else list(model)
+    if not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"model must name one or more distinct models, got {model!r}")
+    if isinstance(model, str):
+        params = {model: params}
+    elif isinstance(params, ModelParams) or set(kinds) - set(params):
+        raise ValueError(f"several models need params as {{kind: params}} for each of {kinds}")
+    resolved: dict[str, ModelParams] = {}
+    for kind in kinds:
+        cls = model_class(kind)
+        if cls.task != "next_item":
+            raise ValueError(f"replay needs next-item models; {kind!r} is a {cls.task} model")
+        p = params[kind]
+        resolved[kind] = p if isinstance(p, ModelParams) else cls.params_class.from_dict(dict(p))
     n_left = len(days) - first_train_days
     n_eval = n_left if n_eval_days is None else min(int(n_eval_days), n_left)
     if n_eval < 1:
         raise ValueError(f"n_eval_days must be positive, got {n_eval_days}")
     metrics = _metric_names(cutoffs, protocol)
-    models = [model] + ([MOST_POPULAR, LAST_ITEM] if baselines else [])
+    models = kinds + ([MOST_POPULAR, LAST_ITEM] if baselines else [])
     frames = [f for _, f in days]
 
     def window(stop: int) -> pl.DataFrame:
@@ -307,26 +323,29 @@ def replay(
         start = max(0, stop - sliding_days) if mode == "retrain_sliding" else 0
         return _concat(frames[start:stop])
 
-    t0 = time.perf_counter()
     init = (
         window(first_train_days)
         if mode == "retrain_sliding"
         else _concat(frames[:first_train_days])
     )
-    trained = create_model(model, p).fit(init, progress=progress)
-    train_seconds = time.perf_counter() - t0
+    trained: dict[str, NextItemModel] = {}
+    train_seconds: dict[str, float] = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        trained[kind] = create_model(kind, resolved[kind]).fit(init, progress=progress)
+        train_seconds[kind] = time.perf_counter() - t0
     seen_items = _concat(frames[:first_train_days]).get_column("ItemId").unique()
     rows: list[dict[str, Any]] = []
     for i in range(first_train_days, first_train_days + n_eval):
         day, test = days[i]
-        day_frame = test  # what the model is updated with afterwards
+        day_frame = test  # what the models are updated with afterwards
         n_valid_sessions = 0
         if protocol == "t4rec":
             valid, test = split_halves(day_frame, seed=split_seed * 100_003 + i)
             n_valid_sessions = valid.get_column("SessionId").n_unique()
         day_items = day_frame.get_column("ItemId").unique()
         n_new = int((~day_items.is_in(seen_items)).sum())
-        evaluated: dict[str, NextItemModel] = {model: trained}
+        evaluated: dict[str, NextItemModel] = dict(trained)
         if baselines:
             past = _concat(frames[:i])
             evaluated[MOST_POPULAR] = MostPopular.fit(past)
@@ -338,9 +357,7 @@ def replay(
             "n_events": test.height,
             "n_sessions": test.get_column("SessionId").n_unique(),
             "n_new_items": n_new,
-            "n_known_items": trained.n_items,
             "n_valid_sessions": n_valid_sessions,
-            "train_seconds": train_seconds,
         }
         for name, m in evaluated.items():
             if protocol == "t4rec":
@@ -356,42 +373,47 @@ def replay(
             row[f"{name}/n_targets"] = int(res["n_targets"])
             for metric in metrics:
                 row[f"{name}/{metric}"] = float(res[metric])
-            if name == model:
-                row["n_targets"] = int(res["n_targets"])
-                row["eval_seconds"] = float(res["seconds"])
+            if name in trained:
+                row[f"{name}/n_known_items"] = m.n_items
+                row[f"{name}/train_seconds"] = train_seconds[name]
+                row[f"{name}/eval_seconds"] = float(res["seconds"])
         rows.append(row)
         k_max = max(cutoffs)
         logger.info(
-            "replay %s (%d/%d): %d targets, %d new items, %s",
+            "replay %s (%d/%d): %d new items, %s",
             day,
             i - first_train_days + 1,
             n_eval,
-            row["n_targets"],
             n_new,
-            ", ".join(f"{n} mrr@{k_max}={row[f'{n}/mrr@{k_max}']:.4f}" for n in evaluated),
+            ", ".join(
+                f"{n} mrr@{k_max}={row[f'{n}/mrr@{k_max}']:.4f} ({row[f'{n}/n_targets']} targets)"
+                for n in evaluated
+            ),
         )
         seen_items = pl.concat([seen_items, day_items]).unique()
         if i + 1 == first_train_days + n_eval:
             break  # the last evaluated day is not trained on
-        t0 = time.perf_counter()
-        if mode == "fine_tune":
-            if _has_target(day_frame):
-                trained.fine_tune(
-                    day_frame,
-                    n_epochs=fine_tune_epochs,
-                    learning_rate=fine_tune_learning_rate,
-                    optimizer_state=optimizer_state,
-                    progress=progress,
-                )
+        for kind in kinds:
+            t0 = time.perf_counter()
+            if mode == "fine_tune":
+                if _has_target(day_frame):
+                    trained[kind].fine_tune(
+                        day_frame,
+                        n_epochs=fine_tune_epochs,
+                        learning_rate=fine_tune_learning_rate,
+                        optimizer_state=optimizer_state,
+                        progress=progress,
+                    )
+                else:
+                    logger.warning("replay: day %s has no training target; not fine-tuned", day)
             else:
-                logger.warning("replay: day %s has no training target; not fine-tuned", day)
-        else:
-            trained = create_model(model, p).fit(window(i + 1), progress=progress)
-        train_seconds = time.perf_counter() - t0
+                trained[kind] = create_model(kind, resolved[kind]).fit(
+                    window(i + 1), progress=progress
+                )
+            train_seconds[kind] = time.perf_counter() - t0
 
-    front = ["day", "n_targets", "n_events", "n_sessions", "n_valid_sessions", "n_new_items"]
-    front += ["n_known_items"]
-    front += ["train_seconds", "eval_seconds"]
+    front = ["day", "n_events", "n_sessions", "n_valid_sessions", "n_new_items"]
+    front += [f"{k}/{c}" for k in kinds for c in ("n_known_items", "train_seconds", "eval_seconds")]
     cols = front + [f"{n}/{m}" for n in models for m in [*metrics, "n_targets"]]
     table = pl.DataFrame(rows).select(cols)
     mean, weighted = _averages(table, models, metrics)
@@ -410,8 +432,8 @@ def replay(
         "split_seed": split_seed if protocol == "t4rec" else None,
         "train_days": [d.isoformat() for d in dates[:first_train_days]],
         "eval_days": [d.isoformat() for d in dates[first_train_days : first_train_days + n_eval]],
-        "model": model,
-        "params": dataclasses.asdict(p),
+        "models": kinds,
+        "params": {kind: dataclasses.asdict(p) for kind, p in resolved.items()},
     }
     return ReplayResult(table, mean, weighted, models, metrics, config)
 
@@ -440,7 +462,7 @@ def plot_replay(result: ReplayResult, metric: str = "mrr@20") -> Figure:
     """
     if metric not in result.metrics:
         raise ValueError(f"metric {metric!r} not in the result ({result.metrics})")
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(11, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     days = result.table.get_column("day").to_list()
     x = np.arange(len(days))
@@ -452,8 +474,9 @@ def plot_replay(result: ReplayResult, metric: str = "mrr@20") -> Figure:
     ax.tick_params(axis="x", labelrotation=45)
     ax.set_xlabel("evaluated day (trained on the days before)")
     ax.set_ylabel(metric)
-    ax.set_title(f"Day-by-day replay ({result.config.get('mode', '?')}): {metric}")
+    setting = f"{result.config.get('mode', '?')}, {result.config.get('protocol', '?')} protocol"
+    ax.set_title(f"Day-by-day replay ({setting}): {metric}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines
     fig.tight_layout()
     return fig
