@@ -82,6 +82,18 @@ PUBLISHED = {
 GOAL = 0.95  # ours must reach at least 95 % of the published figure (the issue's goal)
 
 
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, dict]:
+    """``--set KIND.KEY=VALUE ...`` -> ``{kind: {key: value}}`` (values read as YAML)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        kind, dot, name = key.partition(".")
+        if not sep or not dot:
+            parser.error(f"--set takes KIND.KEY=VALUE, got {item!r}")
+        overrides.setdefault(kind, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
 def splits(name: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     fmt, folder, file = DATASETS[name]
     loo = leave_one_out(read_sequences(fmt, REAL / folder, file), min_items=3)
@@ -125,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        kind, dot, name = key.partition(".")
-        if not sep or not dot:
-            parser.error(f"--set takes KIND.KEY=VALUE, got {item!r}")
-        overrides.setdefault(kind, {})[name] = yaml.safe_load(value)
+    overrides = parse_overrides(parser, args.set)
     block = yaml.safe_load(PARAMS_FILE.read_text())
     rows: list[dict[str, Any]] = []
     if args.json and args.json.exists():  # a rerun: keep what an earlier run finished

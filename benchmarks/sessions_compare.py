@@ -16,6 +16,7 @@ reads a session as its sequence: every position after the first is a training ta
 batches of the session's last ``maxlen`` items); BERT4Rec trains on masked sessions, and each
 test prefix is one row with the mask appended after it.
 
+``--set kind.key=value`` changes a parameter over the block (e.g. ``sasrec.cpu_bf16=true``).
 Printed: one line per epoch, then one table (the metrics, training and evaluation seconds,
 peak RSS of the whole run). ``--max-sessions`` takes the first N training sessions (a quick
 check). It takes tens of minutes on 2 CPU cores: a benchmark, not a test.
@@ -39,6 +40,7 @@ import polars as pl
 import torch
 import yaml
 from gru4rec_diginetica_srgnn import load as load_srgnn  # noqa: E402  (this folder is on sys.path)
+from published_sequential import parse_overrides  # noqa: E402
 
 from recsys_pipeline.evaluation import evaluate
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
@@ -103,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--max-sessions", type=int, default=None)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KIND.KEY=VALUE",
+        help="a model's parameter over its diginetica block, e.g. sasrec.cpu_bf16=true",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    overrides = parse_overrides(parser, args.set)
     logging.basicConfig(level=logging.WARNING)
     if not args.data.exists():
         print(f"data not found: {args.data} (needs ../shared next to the checkout)")
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             params["loss"] = loss
         if args.epochs:
             params[create_model(kind, params).params.epochs_field] = args.epochs
+        params |= overrides.get(kind, {})
         models.append((f"{kind} ({loss})" if loss else kind, create_model(kind, params)))
     models += [("most_popular", MostPopular.fit(train)),
                ("last_item_cooccurrence", LastItemCooccurrence.fit(train))]  # fmt: skip
