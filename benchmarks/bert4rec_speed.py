@@ -81,6 +81,15 @@ def load(users: int | None) -> tuple[Any, Any, Any]:
     return train, valid, test
 
 
+def tokens(items: np.ndarray, seq: list[int]) -> np.ndarray:
+    """The port's token indices of ``seq`` (item i -> its index in ``items`` + 2), items outside
+    ``items`` (never in training) left out, as the ports' history filters do."""
+    seq_arr = np.asarray(seq)
+    pos = np.searchsorted(items, seq_arr)
+    known = (pos < len(items)) & (items[np.minimum(pos, len(items) - 1)] == seq_arr)
+    return pos[known] + 2
+
+
 def leg_ours(args: argparse.Namespace) -> dict[str, Any]:
     from recsys_pipeline.evaluation.last_item import evaluate_last_item
     from recsys_pipeline.models.registry import create_model
@@ -160,7 +169,7 @@ def leg_port(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         for start in range(0, history.height, 256):
             part = history.slice(start, 256)
-            seq_rows = [np.searchsorted(items, s) + 2 for s in part.get_column("ItemId").to_list()]
+            seq_rows = [tokens(items, s) for s in part.get_column("ItemId").to_list()]
             ids = torch.zeros((len(seq_rows), maxlen), dtype=torch.long)
             last = torch.zeros(len(seq_rows), dtype=torch.long)
             for r, s in enumerate(seq_rows):
