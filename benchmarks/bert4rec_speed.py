@@ -235,7 +235,9 @@ def main() -> None:
           f"{ours['peak_rss_gib'] / port['peak_rss_gib']:.2f}x")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"args": vars(args), "results": results}, indent=1, default=str)
+        )
 
 
 if __name__ == "__main__":
