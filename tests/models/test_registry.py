@@ -420,3 +420,10 @@ def test_tiny_model_through_the_training_template_and_serving(tiny_registered, p
 def test_model_dataclass_fields_are_the_parameters():
     assert dataclasses.fields(TinyParams)[0].name == "dim"
     assert TinyParams.from_string("dim=4,maxlen=2") == TinyParams(dim=4, maxlen=2)
+
+
+def test_named_kinds_reads_a_list_or_names_joined_by_plus_or_spaces() -> None:
+    assert registry.named_kinds("gru4rec+sasrec") == ["gru4rec", "sasrec"]
+    assert registry.named_kinds("gru4rec sasrec + hstu") == ["gru4rec", "sasrec", "hstu"]
+    assert registry.named_kinds("bert4rec") == ["bert4rec"]
+    assert registry.named_kinds(("xlnet_mlm", "hstu")) == ["xlnet_mlm", "hstu"]

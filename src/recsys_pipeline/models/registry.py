@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,12 @@ def kinds(task: str | None = None) -> list[str]:
     if task is None:
         return names
     return [k for k in names if model_class(k).task == task]
+
+
+def named_kinds(value: str | Sequence[str]) -> list[str]:
+    """The model kinds of a setting that names several: a list, or one string with the names
+    joined by ``+`` or spaces (Kedro's ``--params`` allows no comma inside a value)."""
+    return value.replace("+", " ").split() if isinstance(value, str) else list(value)
 
 
 def model_class(kind: str) -> type[Recommender]:

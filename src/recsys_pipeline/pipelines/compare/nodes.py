@@ -34,7 +34,7 @@ import torch
 from recsys_pipeline.evaluation.user_baselines import UserCooccurrence, UserPopularity
 from recsys_pipeline.evaluation.user_ranking import full_ranking
 from recsys_pipeline.models.baselines import LastItemCooccurrence, MostPopular
-from recsys_pipeline.models.registry import kinds, model_class, resolve_params
+from recsys_pipeline.models.registry import kinds, model_class, named_kinds, resolve_params
 from recsys_pipeline.pipelines.compare.splits import compare_split, layout, task
 from recsys_pipeline.pipelines.train import nodes as train_nodes
 from recsys_pipeline.pipelines.train import sequence_nodes
@@ -71,9 +71,7 @@ def chosen_models(compare: dict[str, Any], parameters: dict[str, Any]) -> list[s
         raise CompareError(f"unknown compare setting(s) {unknown}; valid: {sorted(_SETTINGS)}")
     dataset = compare["dataset"]
     fitting = kinds(task(dataset))
-    models = compare.get("models") or fitting
-    if isinstance(models, str):  # --params cannot hold a comma: "sasrec+hstu" or "sasrec hstu"
-        models = models.replace("+", " ").split()
+    models = named_kinds(compare.get("models") or fitting)
     for kind in models:
         if kind not in kinds():
             raise CompareError(f"compare.models: unknown model {kind!r}; known: {kinds()}")

@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 from matplotlib.figure import Figure
 
-from recsys_pipeline.models.registry import model_class, resolve_params
+from recsys_pipeline.models.registry import model_class, named_kinds, resolve_params
 from recsys_pipeline.operations.replay import plot_replay, replay, split_days
 from recsys_pipeline.pipelines.train.nodes import run_params
 
@@ -20,10 +20,7 @@ def run_replay(
     ``replay.dataset``) on the days before the last ``n_eval_days``, then for each of those
     days: evaluate (the models and the baselines), then fine-tune (or retrain) each on it.
     Returns the per-day table, the time averages and the plot of ``metric`` per day."""
-    kinds = params["model"]
-    if isinstance(kinds, str):
-        kinds = kinds.replace("+", " ").split()
-    kinds = list(kinds)
+    kinds = named_kinds(params["model"])
     model_params: dict[str, Any] = {}
     for kind in kinds:
         model_class(kind)  # an unknown kind: the error lists the known ones
