@@ -59,6 +59,34 @@ def test_input_block_and_head_compose_as_the_reference() -> None:
     torch.testing.assert_close(scores, ours[0, 3:4] @ net.item_emb.weight[1:].T)
 
 
+def test_rows_grouped_by_length_give_the_one_call_outputs_and_gradients() -> None:
+    """The transformer runs once per group of similar-length rows, each cut to its width: the
+    real positions' outputs and every gradient are those of one call over the whole padded
+    batch (padding masked)."""
+    net = _net()
+    rows = [[3], [7, 1, 22], [5, 9, 13, 2, 8], list(range(1, 10)), list(range(2, 18)), [4, 6]]
+    items = _right_padded(rows, 16)
+    mask = torch.zeros_like(items, dtype=torch.bool)
+    mask[2, 4] = True
+    mask[3, 0] = True
+    real = (items >= 0) | mask
+    grouped = net(items, mask)
+    x = F.relu(net.project(net.in_norm(net.item_emb((items + 1).clamp(min=0)))))
+    x = torch.where(mask.unsqueeze(-1), net.mask_vector, x)
+    h = net.xlnet(inputs_embeds=x, attention_mask=real.float()).last_hidden_state
+    one_call = net.out(h)
+    torch.testing.assert_close(grouped[real], one_call[real], atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(grouped[real])
+    grads = []
+    for out in (grouped, one_call):
+        net.zero_grad()
+        (out[real] * weights).sum().backward(retain_graph=True)
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_padding_is_not_attended_unless_asked() -> None:
     row = [5, 9, 13, 2]
     for attend, invariant in ((False, True), (True, False)):
