@@ -96,6 +96,31 @@ def test_forward_is_berts() -> None:
     torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=1e-5)
 
 
+def test_rows_grouped_by_length_give_the_one_call_gradients() -> None:
+    """The encoder runs once per group of similar-length rows (``encode_by_width``): every
+    gradient is the one of a single call over the whole padded batch."""
+    net = _random_net(BERT4RecParams(**SMALL))
+    items = torch.as_tensor(_right_padded(ROWS, 8))
+    mask = torch.zeros_like(items, dtype=torch.bool)
+    mask[0, 2] = mask[2, 7] = mask[3, 0] = True
+    real = (items >= 0) | mask
+    grouped = net(items, mask)
+    x = torch.where(mask.unsqueeze(-1), net.mask_emb, net.item_emb((items + 1).clamp(min=0)))
+    x = net.emb_norm(x + net.pos_emb.weight[:8])
+    h = net.encoder(x, src_key_padding_mask=~real)
+    one_call = net.transform_norm(torch.nn.functional.gelu(net.transform(h), approximate="tanh"))
+    torch.testing.assert_close(grouped[real], one_call[real], atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(grouped[real])
+    grads = []
+    for out in (grouped, one_call):
+        net.zero_grad()
+        (out[real] * weights).sum().backward(retain_graph=True)
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_the_restatement_is_sharp() -> None:
     """Pre-LN instead of post-LN, or the exact erf GELU, give other outputs."""
     net = _random_net(BERT4RecParams(**SMALL))

@@ -67,7 +67,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer, glorot_rows, grown_table
+from recsys_pipeline.models.sequence_model import (
+    SequenceTransformer,
+    encode_by_width,
+    glorot_rows,
+    grown_table,
+)
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -281,7 +286,8 @@ class BERT4RecNet(nn.Module):
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         x = x + self.pos_emb.weight[:length]
         x = self.emb_drop(self.emb_norm(x))
-        x = self.encoder(x, src_key_padding_mask=~real)  # [B, L, D]
+        # padding masked, positions from the start: one call per group of similar-length rows
+        x = encode_by_width(lambda x, real: self.encoder(x, src_key_padding_mask=~real), x, real)
         return self.transform_norm(F.gelu(self.transform(x), approximate="tanh"))
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:

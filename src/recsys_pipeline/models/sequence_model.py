@@ -66,6 +66,7 @@ __all__ = [
     "SequenceTransformer",
     "append_mask_slot",
     "as_sequence_frame",
+    "encode_by_width",
     "glorot_rows",
     "last_position_mask",
 ]
@@ -523,6 +524,46 @@ def append_mask_slot(
     taken = items.gather(1, source.clamp(max=max(width - 1, 0)))
     out = taken.masked_fill(cols.unsqueeze(0) >= keep.unsqueeze(1), PAD)
     return out, keep + 1
+
+
+def encode_by_width(
+    encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    real: torch.Tensor,
+    min_width: int = 4,
+) -> torch.Tensor:
+    """``encoder(x [B', W, D], real [B', W]) -> [B', W, D']`` over a right-padded batch, run
+    once per group of rows of similar length, each group cut to its width (the row's last
+    real position rounded up to a power of two, at least ``min_width``, at most ``L``).
+
+    For an encoder whose padding is masked out of the attention and whose positions count
+    from the row's start (BERT4Rec's learned ones, XLNet's relative ones), a real position's
+    output does not depend on how much padding follows it, so this returns the one-call
+    result (outputs and gradients; the models' tests check both) with less padding computed:
+    session data fill about a fifth of their slots (Yoochoose 1/64: 4.1 of 20).
+
+    Args:
+        encoder: the transformer call; ``real`` is True at positions it must not ignore.
+        x: ``[B, L, D]`` inputs, right padded.
+        real: ``[B, L]`` True at real positions (a row's items and its mask slots).
+        min_width: narrowest group (fewer, larger calls for short rows).
+
+    Returns:
+        ``[B, L, D']``, zero where a group was cut off (the padding beyond its width).
+    """
+    batch, length = real.shape
+    last = length - 1 - real.flip(1).to(torch.int8).argmax(1)  # [B] last real column
+    widths = torch.clamp(last + 1, min=min_width)
+    widths = (2 ** torch.ceil(torch.log2(widths.double()))).long().clamp(max=length)
+    parts, order = [], []
+    for width in torch.unique(widths).tolist():  # one host sync per batch
+        rows = (widths == width).nonzero().squeeze(1)  # [Bg]
+        out = encoder(x.index_select(0, rows)[:, :width], real.index_select(0, rows)[:, :width])
+        parts.append(torch.nn.functional.pad(out, (0, 0, 0, length - width)))
+        order.append(rows)
+    inverse = torch.empty(batch, dtype=torch.long, device=x.device)
+    inverse[torch.cat(order)] = torch.arange(batch, device=x.device)
+    return torch.cat(parts).index_select(0, inverse)
 
 
 def last_position_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

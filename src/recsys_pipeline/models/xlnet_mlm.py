@@ -52,7 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_pipeline.models.base import ModelParams
-from recsys_pipeline.models.sequence_model import SequenceTransformer, grown_table
+from recsys_pipeline.models.sequence_model import (
+    SequenceTransformer,
+    encode_by_width,
+    grown_table,
+)
 from recsys_pipeline.training.losses import full_softmax_cross_entropy
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch, SequenceBatcher
@@ -63,8 +67,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["XLNetMLM", "XLNetMLMNet", "XLNetMLMParams"]
 
 SCHEDULES = ("constant", "linear")
-#: narrowest row group of the transformer call (:meth:`XLNetMLMNet._by_width`)
-_MIN_WIDTH = 4
 
 
 @dataclass
@@ -214,36 +216,14 @@ class XLNetMLMNet(nn.Module):
         x = torch.where(mask.unsqueeze(-1), self.mask_vector.to(x.dtype), x)
         if self.attend_padding:  # every row as wide as the batch, padding attended
             h = self.xlnet(inputs_embeds=x, use_mems=False).last_hidden_state
-        else:
-            h = self._by_width(x, real)
+        else:  # padding masked: one call per group of similar-length rows, each cut
+            h = encode_by_width(self._xlnet, x, real)
         return self.out(h)
 
-    def _by_width(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """XLNet over ``x [B, L, D]`` with the padding masked, one call per group of rows of
-        similar length, each cut to its group's width (a power of two, at least
-        :data:`_MIN_WIDTH`): ``[B, L, D]``, zero at the cut-off padding. With the padding
-        masked a real position's output does not depend on how much padding follows it
-        (relative positions; ``tests/models/test_xlnet_mlm.py``), so this is the one-call
-        result with less padding computed: Yoochoose's sessions average about 4 of 20 slots."""
-        batch, length, dim = x.shape
-        # right padded: a row's real positions are 0 .. last (the mask may be appended at last)
-        last = length - 1 - real.flip(1).to(torch.int8).argmax(1)  # [B]
-        widths = torch.clamp(last + 1, min=_MIN_WIDTH)
-        widths = (2 ** torch.ceil(torch.log2(widths.double()))).long().clamp(max=length)
-        parts, order = [], []
-        for width in torch.unique(widths).tolist():  # one host sync per batch
-            rows = (widths == width).nonzero().squeeze(1)  # [Bg]
-            h = self.xlnet(
-                inputs_embeds=x.index_select(0, rows)[:, :width],
-                attention_mask=real.index_select(0, rows)[:, :width].to(x.dtype),
-                use_mems=False,
-            ).last_hidden_state  # [Bg, width, D]
-            parts.append(F.pad(h, (0, 0, 0, length - width)))
-            order.append(rows)
-        inverse = torch.empty(batch, dtype=torch.long, device=x.device)
-        stacked = torch.cat(order)
-        inverse[stacked] = torch.arange(batch, device=x.device)
-        return torch.cat(parts).index_select(0, inverse)  # [B, L, D]
+    def _xlnet(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``x [B, W, D]`` -> XLNet's ``[B, W, D]``, padding (``~real``) masked."""
+        out = self.xlnet(inputs_embeds=x, attention_mask=real.to(x.dtype), use_mems=False)
+        return out.last_hidden_state
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Embeddings ``[stop - start, E]`` of item indices ``start .. stop - 1``."""
