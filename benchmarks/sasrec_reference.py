@@ -23,7 +23,9 @@ The configuration is the reference's for Amazon data (maxlen 50, hidden 50, 2 bl
 dropout 0.5, lr 0.001, batch 128, BCE with one negative per position). ``--variant pmixer``
 runs ours as the port's network (``attend_padding``: the padding computed and attended,
 ``out_projection``, ``init="pmixer"``) to attribute a gap between the legs to those
-differences. The report lists every run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
+differences; ``--variant pmixer_order`` adds the port's order of the users
+(``row_order="once"``: its sampler shuffles them once, so every epoch visits them in nearly
+the same order; ours draws a new order every epoch). The report lists every run, the mean per leg, the relative difference of the means (the goal: within 2 %), the
 full-ranking figures, and the training sequences/s of each leg. With ``--jobs`` > 1 runs share
 the CPU: use the speed figures of a ``--jobs 1`` run on a quiet machine only.
 
@@ -59,6 +61,13 @@ DRIVER = SHARED / "reference" / "drive_pmixer.py"
 VARIANTS = {
     "tf": {},
     "pmixer": {"attend_padding": True, "out_projection": True, "init": "pmixer"},
+    # and the port's sampler: the users shuffled once, every epoch in nearly that order
+    "pmixer_order": {
+        "attend_padding": True,
+        "out_projection": True,
+        "init": "pmixer",
+        "row_order": "once",
+    },
 }
 CONFIG = {
     "maxlen": 50,
@@ -88,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket", type=int, default=0, help="ours: SASRecParams.bucket")
     p.add_argument(
         "--variant", choices=sorted(VARIANTS), default="tf",
-        help="ours: 'tf' (the original network, default) or 'pmixer' (the port's attention: "
-        "padding attended, output projection), to attribute a gap to the port's network",
+        help="ours: 'tf' (the original network, default), 'pmixer' (the port's attention: "
+        "padding attended, output projection, its initialisation) or 'pmixer_order' (that and "
+        "the port's order of users: shuffled once, not every epoch), to attribute a gap",
     )  # fmt: skip
     p.add_argument("--save-model", action="store_true", help="ours: keep each trained model")
     p.add_argument(

@@ -18,6 +18,7 @@ from recsys_pipeline.models import registry
 from recsys_pipeline.models import sasrec as sasrec_module
 from recsys_pipeline.models.base import EncoderStepAdapter, SequenceEncoder
 from recsys_pipeline.models.sasrec import SASRec, SASRecNet, SASRecParams
+from recsys_pipeline.models.sequence_model import _sequences as session_data
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
 
@@ -477,6 +478,33 @@ def test_bad_parameters_are_named() -> None:
         SASRecParams(attend_padding=True, positions="from_start")
     with pytest.raises(ValueError, match="unknown|valid"):
         SASRecParams.from_dict({"hidden_size": 3})
+    with pytest.raises(ValueError, match="row_order must be one of"):
+        SASRecParams(row_order="twice")
+    with pytest.raises(ValueError, match="takes no bucket"):
+        SASRecParams(row_order="once", bucket=8)
+
+
+def test_users_are_reshuffled_every_epoch_unless_the_ports_order_is_asked() -> None:
+    """pmixer 9f6a02b's sampler shuffles the users once (its reshuffle test only runs at batch
+    starts): every epoch then visits them in nearly the same order, and the port trains
+    slower. Ours draws a new order every epoch; ``row_order="once"`` reproduces the port."""
+    frame = pl.DataFrame(
+        {"SessionId": np.repeat(np.arange(40), 3), "ItemId": np.arange(120) % 17,
+         "Time": np.tile(np.arange(3), 40)}
+    )  # fmt: skip
+    orders = {}
+    for row_order in ("epoch", "once"):
+        model = SASRec(SASRecParams(maxlen=4, hidden_units=8, batch_size=16, seed=3,
+                                    device="cpu", row_order=row_order))  # fmt: skip
+        batcher = model._make_batcher(session_data(frame), seed=3)
+        orders[row_order] = [
+            [s for b in batcher.epoch(e) for s in b.sequence.tolist()] for e in (1, 2)
+        ]
+    first, second = orders["epoch"]
+    assert sorted(first) == sorted(second) == list(range(40)) and first != second
+    first, second = orders["once"]
+    assert len(first) == len(second) == 48  # full batches, streamed on across epochs
+    assert (first + second)[:80] == first[:40] * 2
 
 
 def test_recommend_batched_equals_the_step_adapter() -> None:

@@ -274,6 +274,27 @@ def test_shuffle_covers_every_row_once_and_changes_per_epoch() -> None:
     assert dropped.n_targets(0) == 49 * 2 == dropped.n_tokens(0)
 
 
+def test_shuffle_once_streams_one_order_in_full_batches_as_pmixers_sampler() -> None:
+    """``shuffle="once"`` (pmixer 9f6a02b's WarpSampler): one order drawn once, read as an
+    endless stream of full batches, each epoch going on where the last one stopped; the
+    default draws a new order every epoch (the flaw this reproduces)."""
+    data = make_data([3] * 50, seed=4)
+    batcher = SequenceBatcher(data, batch_size=7, maxlen=5, shuffle="once", seed=9)
+    assert batcher.n_batches == 8
+    epochs = [[b.sequence.tolist() for b in batcher.epoch(e)] for e in (1, 2, 3)]
+    assert all(len(rows) == 7 for epoch in epochs for rows in epoch)  # never a short batch
+    stream = [s for epoch in epochs for rows in epoch for s in rows]  # 3 x 56 rows
+    first = stream[:50]
+    assert sorted(first) == list(range(50)) and first != list(range(50))
+    assert stream == (first * 4)[: len(stream)]  # the same order, again and again
+    assert batcher.n_targets(2) == 56 * 2
+    fresh = SequenceBatcher(data, batch_size=7, maxlen=5, seed=9)
+    orders = [torch.cat([b.sequence for b in fresh.epoch(e)]).tolist() for e in (1, 2)]
+    assert orders[0] != orders[1]
+    with pytest.raises(ValueError, match="once"):
+        SequenceBatcher(data, batch_size=7, maxlen=5, shuffle="once", bucket=4)
+
+
 def test_bucketing_cuts_padding_and_keeps_rows() -> None:
     rng = np.random.default_rng(0)
     data = make_data(list(rng.integers(2, 60, 400)), seed=5)

@@ -100,6 +100,7 @@ LOSSES = ("bce", "ce", "sampled_softmax")
 NEGATIVES = ("uniform", "popularity")
 INITS = ("tf", "pmixer", "gr")
 POSITIONS = ("from_end", "from_start")
+ROW_ORDERS = ("epoch", "once")
 _LN_EPS = 1e-8  # the TF normalize() and pmixer's LayerNorm
 
 
@@ -148,6 +149,14 @@ class SASRecParams(ModelParams):
             none, ``F.layer_norm`` without weights).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
             faster; changes which sequences share a batch); 0 = off, the reference's batches.
+        row_order: ``"epoch"``: a new random order of the users every epoch (the TF
+            reference's ``np.random.randint`` per row draws users anew too); ``"once"``:
+            pmixer 9f6a02b's ``WarpSampler``, which shuffles the users once (its reshuffle
+            test ``counter % usernum == 0`` runs only at batch starts: with Video.txt's
+            31,013 users and batches of 128 it holds again after 128 epochs) and streams
+            them in that order, full batches across epoch boundaries: every epoch visits
+            the users in nearly the same order, which trains slower
+            (``benchmarks/sasrec_reference.py``, README).
         patience: early stopping after this many epochs without a better validation metric
             (needs ``valid`` in :meth:`SASRec.fit`); ``None``: train all epochs.
         valid_metric: the validation metric (a key of the last-item evaluation, e.g.
@@ -187,6 +196,7 @@ class SASRecParams(ModelParams):
     final_norm: bool = True
     norm_affine: bool = True
     bucket: int = 0
+    row_order: str = "epoch"
     patience: int | None = None
     valid_metric: str = "ndcg@10"
     seed: int = 42
@@ -220,6 +230,10 @@ class SASRecParams(ModelParams):
             errors.append(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
         if self.bucket < 0:
             errors.append(f"bucket must be >= 0, got {self.bucket}")
+        if self.row_order not in ROW_ORDERS:
+            errors.append(f"row_order must be one of {ROW_ORDERS}, got {self.row_order!r}")
+        elif self.row_order == "once" and self.bucket > 1:
+            errors.append("row_order 'once' (pmixer's stream of full batches) takes no bucket")
         if self.init not in INITS:
             errors.append(f"init must be one of {INITS}, got {self.init!r}")
         if self.positions not in POSITIONS:
@@ -536,7 +550,8 @@ class SASRec(SequenceTransformer):
         return SASRecNet(n_items, self.params)
 
     def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
-        return self._causal_batcher(data, seed)
+        once = self.params.row_order == "once"
+        return self._causal_batcher(data, seed, shuffle="once" if once else True)
 
     def _make_optimizer(self, net: nn.Module, lr: float, n_steps: int) -> tuple[Any, None]:
         optimizer = torch.optim.Adam(

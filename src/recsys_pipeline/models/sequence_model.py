@@ -33,7 +33,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import polars as pl
@@ -106,9 +106,12 @@ class SequenceTransformer(Recommender):
     def _make_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
         """The training batches of ``data``."""
 
-    def _causal_batcher(self, data: SessionData, seed: int) -> SequenceBatcher:
+    def _causal_batcher(
+        self, data: SessionData, seed: int, shuffle: bool | Literal["once"] = True
+    ) -> SequenceBatcher:
         """Next-item training batches (every position's target is the next item; the last
-        ``maxlen + 1`` items of a longer sequence), padded on the model's ``padding`` side."""
+        ``maxlen + 1`` items of a longer sequence), padded on the model's ``padding`` side;
+        ``shuffle`` as :class:`SequenceBatcher`'s."""
         return SequenceBatcher(
             data,
             batch_size=self.params.batch_size,
@@ -118,6 +121,7 @@ class SequenceTransformer(Recommender):
             fixed_length=False,
             long="last",
             min_length=2,
+            shuffle=shuffle,
             bucket=self.params.bucket,
             seed=seed,
             device=self.device,

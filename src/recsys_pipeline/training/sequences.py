@@ -246,7 +246,10 @@ class SequenceBatcher:
         long: ``"last"`` (one row per sequence, its newest window) or ``"split"`` (see module).
         stride: step between split windows, ``1 .. maxlen`` (default ``maxlen``).
         min_length: sequences with fewer items give no row (default 2; causal needs >= 2).
-        shuffle: a new random row order every epoch (else the stored order).
+        shuffle: ``True``: a new random row order every epoch; ``False``: the stored order;
+            ``"once"``: pmixer/SASRec.pytorch 9f6a02b's sampler, one random order drawn once and
+            read as an endless stream in batches of exactly ``batch_size`` (an epoch goes on
+            where the last one stopped; every epoch sees the rows in nearly the same order).
         bucket: sort rows by length within chunks of ``bucket`` batches, then shuffle the order of
             the batches (less padding); 0 or 1 = off.
         drop_last: drop the last, smaller batch of an epoch.
@@ -277,7 +280,7 @@ class SequenceBatcher:
         long: Literal["last", "split"] = "last",
         stride: int | None = None,
         min_length: int = 2,
-        shuffle: bool = True,
+        shuffle: bool | Literal["once"] = True,
         bucket: int = 0,
         drop_last: bool = False,
         mask_prob: float = 0.2,
@@ -307,6 +310,14 @@ class SequenceBatcher:
         _check(0.0 <= mask_last_prob <= 1.0, "mask_last_prob must be in [0, 1]")
         _check(replace in ("mask", "80/10/10"), f"unknown replace {replace!r}")
         _check(seed >= 0, f"seed must be >= 0, got {seed}")
+        _check(
+            shuffle in (True, False, "once"),
+            f"shuffle must be True, False or 'once', got {shuffle!r}",
+        )
+        _check(
+            shuffle != "once" or (bucket <= 1 and not drop_last),
+            "shuffle='once' streams full batches: no bucket, no drop_last",
+        )
         self.data = data
         self.batch_size = batch_size
         self.maxlen = maxlen
@@ -404,6 +415,13 @@ class SequenceBatcher:
             return self._order_cache[1], self._order_cache[2]
         rng = _rng(self.seed, epoch, _ORDER)
         m, size = self.n_rows, self.batch_size
+        if self.shuffle == "once":  # one order, read on from where the last epoch stopped
+            n = self.n_batches * size
+            stream = (max(epoch - 1, 0) * n + np.arange(n)) % max(m, 1)
+            order = _rng(self.seed, 0, _ORDER).permutation(m)[stream] if m else stream[:0]
+            bounds = np.arange(0, n + 1, size, dtype=np.int64)
+            self._order_cache = (epoch, order, bounds)
+            return order, bounds
         order = rng.permutation(m) if self.shuffle else np.arange(m)
         if self.bucket > 1:
             chunk = np.arange(m) // (self.bucket * size)
@@ -426,7 +444,8 @@ class SequenceBatcher:
 
     def _epoch_rows(self, epoch: int) -> np.ndarray | slice:
         """The rows an epoch uses (all of them unless ``drop_last``)."""
-        return self.order(epoch)[0] if self.drop_last else slice(None)
+        streamed = self.drop_last or self.shuffle == "once"
+        return self.order(epoch)[0] if streamed else slice(None)
 
     def n_tokens(self, epoch: int = 0) -> int:
         """Real input positions of epoch ``epoch`` (depends on ``epoch`` only with drop_last)."""
