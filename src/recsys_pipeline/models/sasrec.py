@@ -149,8 +149,9 @@ class SASRecParams(ModelParams):
             none, ``F.layer_norm`` without weights).
         bucket: sort the rows by length within chunks of ``bucket`` batches (less padding,
             faster; changes which sequences share a batch); 0 = off, the reference's batches.
-        row_order: ``"epoch"``: a new random order of the users every epoch (the TF
-            reference's ``np.random.randint`` per row draws users anew too); ``"once"``:
+        row_order: ``"epoch"``: a new random order of the users every epoch (the samplers
+            derived from the TF reference draw each row's user at random, so their order is
+            new every epoch too); ``"once"``:
             pmixer 9f6a02b's ``WarpSampler``, which shuffles the users once (its reshuffle
             test ``counter % usernum == 0`` runs only at batch starts: with Video.txt's
             31,013 users and batches of 128 it holds again after 128 epochs) and streams
