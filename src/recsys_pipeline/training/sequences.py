@@ -443,7 +443,7 @@ class SequenceBatcher:
         return order, bounds
 
     def _epoch_rows(self, epoch: int) -> np.ndarray | slice:
-        """The rows an epoch uses (all of them unless ``drop_last``)."""
+        """The rows an epoch uses (all of them once, unless ``drop_last`` or ``shuffle="once"``)."""
         streamed = self.drop_last or self.shuffle == "once"
         return self.order(epoch)[0] if streamed else slice(None)
 
