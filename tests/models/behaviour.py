@@ -226,3 +226,20 @@ class HistoryModel:
             for i in h:
                 out[r, i] += 1.0
         return out[:, start:stop].contiguous()
+
+
+def assert_same_outputs_and_gradients(
+    net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, real: torch.Tensor
+) -> None:
+    """Two computations ``a``, ``b`` ``[B, L, D]`` of ``net``'s outputs agree at the ``real``
+    positions, and so does every parameter's gradient of a random weighting of them."""
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(a[real])
+    grads = []
+    for out in (a, b):
+        net.zero_grad()
+        (out[real] * weights).sum().backward(retain_graph=True)
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -17,7 +17,11 @@ from recsys_pipeline.models import registry
 from recsys_pipeline.models.bert4rec import BERT4Rec, BERT4RecNet, BERT4RecParams
 from recsys_pipeline.training.optim import warmup_linear_decay
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
-from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
+from tests.models.behaviour import (
+    NextItemModelBehaviour,
+    assert_same_outputs_and_gradients,
+    successor_sessions,
+)
 
 SMALL = dict(maxlen=8, hidden_units=12, num_blocks=2, num_heads=2, inner_size=20, device="cpu")
 
@@ -109,16 +113,7 @@ def test_rows_grouped_by_length_give_the_one_call_gradients() -> None:
     x = net.emb_norm(x + net.pos_emb.weight[:8])
     h = net.encoder(x, src_key_padding_mask=~real)
     one_call = net.transform_norm(torch.nn.functional.gelu(net.transform(h), approximate="tanh"))
-    torch.testing.assert_close(grouped[real], one_call[real], atol=1e-5, rtol=1e-5)
-    weights = torch.randn_like(grouped[real])
-    grads = []
-    for out in (grouped, one_call):
-        net.zero_grad()
-        (out[real] * weights).sum().backward(retain_graph=True)
-        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_outputs_and_gradients(net, grouped, one_call, real)
 
 
 def test_the_restatement_is_sharp() -> None:

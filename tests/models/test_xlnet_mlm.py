@@ -17,7 +17,11 @@ from recsys_pipeline.models import registry
 from recsys_pipeline.models.xlnet_mlm import XLNetMLM, XLNetMLMNet, XLNetMLMParams
 from recsys_pipeline.training.sequences import PAD, SequenceBatch
 from recsys_pipeline.training.session_iterator import sessions_from_frame
-from tests.models.behaviour import NextItemModelBehaviour, successor_sessions
+from tests.models.behaviour import (
+    NextItemModelBehaviour,
+    assert_same_outputs_and_gradients,
+    successor_sessions,
+)
 
 SMALL = dict(maxlen=8, d_model=16, item_dim=24, n_layer=2, n_head=2, device="cpu")
 
@@ -75,16 +79,7 @@ def test_rows_grouped_by_length_give_the_one_call_outputs_and_gradients() -> Non
     x = torch.where(mask.unsqueeze(-1), net.mask_vector, x)
     h = net.xlnet(inputs_embeds=x, attention_mask=real.float()).last_hidden_state
     one_call = net.out(h)
-    torch.testing.assert_close(grouped[real], one_call[real], atol=1e-5, rtol=1e-5)
-    weights = torch.randn_like(grouped[real])
-    grads = []
-    for out in (grouped, one_call):
-        net.zero_grad()
-        (out[real] * weights).sum().backward(retain_graph=True)
-        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_outputs_and_gradients(net, grouped, one_call, real)
 
 
 def test_padding_is_not_attended_unless_asked() -> None:
