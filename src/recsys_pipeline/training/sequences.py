@@ -413,7 +413,6 @@ class SequenceBatcher:
         """
         if self._order_cache is not None and self._order_cache[0] == epoch:
             return self._order_cache[1], self._order_cache[2]
-        rng = _rng(self.seed, epoch, _ORDER)
         m, size = self.n_rows, self.batch_size
         if self.shuffle == "once":  # one order, read on from where the last epoch stopped
             n = self.n_batches * size
@@ -422,6 +421,7 @@ class SequenceBatcher:
             bounds = np.arange(0, n + 1, size, dtype=np.int64)
             self._order_cache = (epoch, order, bounds)
             return order, bounds
+        rng = _rng(self.seed, epoch, _ORDER)
         order = rng.permutation(m) if self.shuffle else np.arange(m)
         if self.bucket > 1:
             chunk = np.arange(m) // (self.bucket * size)
