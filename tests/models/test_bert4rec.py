@@ -50,7 +50,8 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:  # BERT's TF gelu (tanh approximatio
 def _bert_forward(net: BERT4RecNet, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
     """Google BERT's ``BertModel`` + BERT4Rec's ``get_masked_lm_output`` transform, re-stated
     with explicit per-head loops: ``ids [B, L]`` 0-based items, -1 padding on the right,
-    ``mask`` True where [MASK] is. Returns the transformed outputs ``[B, L, D]``."""
+    ``mask`` True where [MASK] is. Returns the transformed outputs ``[B, L, D]`` (the
+    encoder's outputs where the net has no transform: ``head="plain"``)."""
     items = torch.as_tensor(ids)
     is_mask = torch.as_tensor(mask)
     b, n = items.shape
@@ -75,6 +76,8 @@ def _bert_forward(net: BERT4RecNet, ids: np.ndarray, mask: np.ndarray) -> torch.
         x = _ln(context + x, layer.norm1)
         inner = _gelu(x @ layer.linear1.weight.T + layer.linear1.bias)
         x = _ln(inner @ layer.linear2.weight.T + layer.linear2.bias + x, layer.norm2)
+    if net.transform is None or net.transform_norm is None:
+        return x
     return _ln(_gelu(x @ net.transform.weight.T + net.transform.bias), net.transform_norm)
 
 
@@ -155,6 +158,43 @@ def test_output_is_tied_with_a_bias() -> None:
     moved = net.logits(h)
     assert not torch.allclose(moved[:, 4], expected[:, 4])
     torch.testing.assert_close(moved[:, :4], expected[:, :4])
+
+
+def test_plain_head_is_the_encoder_output_dotted_with_the_tied_table() -> None:
+    """``head="plain"`` (Klenitskiy & Vasilev's BERT4Rec): no transform, no output bias; the
+    encoder is the same BERT."""
+    net = _random_net(BERT4RecParams(**SMALL, head="plain"))
+    assert net.transform is None and net.out_bias is None
+    names = {name for name, _ in net.named_parameters()}
+    assert "out_bias" not in names and not any(n.startswith("transform") for n in names)
+    items = _right_padded(ROWS, 8)
+    mask = np.zeros_like(items, dtype=bool)
+    mask[0, 5] = mask[3, 0] = True
+    with torch.no_grad():
+        ours = net(torch.as_tensor(items), torch.as_tensor(mask))
+        reference = _bert_forward(net, items, mask)
+    real = torch.as_tensor(items >= 0)
+    torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=1e-5)
+    h = torch.randn(3, 12)
+    torch.testing.assert_close(net.logits(h), h @ net.item_emb.weight[1:].T)
+    torch.testing.assert_close(net.logits(h, 4, 9), h @ net.item_emb.weight[5:10].T)
+
+
+def test_plain_head_trains_saves_and_grows(tmp_path) -> None:
+    torch.set_num_threads(1)
+    train = successor_sessions(20, 100, seed=1)
+    params = _model(num_epochs=10, head="plain").params.to_dict()
+    model = registry.create_model("bert4rec", params)
+    model.fit(train, progress=False)
+    assert model.history[-1].loss < model.history[0].loss
+    loaded = registry.load_model(model.save(tmp_path / "m"))
+    ids = model.item_ids[:3].tolist()
+    np.testing.assert_allclose(model.recommend([ids], k=5).scores,
+                               loaded.recommend([ids], k=5).scores, rtol=1e-5)  # fmt: skip
+    new = successor_sessions(25, 40, seed=3, first_session_id=10**5)  # 5 new items
+    n_before = loaded.n_items
+    loaded.fine_tune(new, n_epochs=1, progress=False)
+    assert loaded.n_items == n_before + 5 and loaded.net.out_bias is None
 
 
 def test_loss_only_at_masked_positions() -> None:
@@ -259,6 +299,8 @@ def test_registry_save_load_and_fine_tune_with_growth(tmp_path) -> None:
 def test_bad_parameters_are_named() -> None:
     with pytest.raises(ValueError, match="mask_prob.*replace"):
         BERT4RecParams(mask_prob=0.0, replace="90/5/5")
+    with pytest.raises(ValueError, match="head must be one of"):
+        BERT4RecParams(head="mlp")
 
 
 def test_warmup_then_linear_decay_as_bert() -> None:

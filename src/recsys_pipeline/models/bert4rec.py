@@ -12,6 +12,8 @@ Network (``maxlen`` = N, ``hidden_units`` = D, ``num_blocks``, ``num_heads``, ``
         x = LayerNorm(x + dropout(W2 GELU(W1 x)))         # (padding keys masked)
     h = LayerNorm(GELU(W_t x))                            # the masked-LM "transform"
     score(item j) = h . item_emb[j] + bias[j]             # tied table + output-only bias
+    (head="plain": score(item j) = x . item_emb[j]: no transform, no bias, as the BERT4Rec
+    of Klenitskiy & Vasilev's code, whose published figures the benchmark compares against)
 
 Training (``gen_data_fin.py`` + ``run.py``): each row is a user's newest ``maxlen`` items;
 a proportion ``mask_prob`` of its positions (at most ``max_predictions``, at least one, never
@@ -87,6 +89,7 @@ REPLACE = ("mask", "80/10/10")
 MASK_COUNTS = ("fixed", "bernoulli")
 LONG = ("last", "split")
 SCHEDULES = ("linear", "constant")
+HEADS = ("transform", "plain")
 
 
 @dataclass
@@ -105,6 +108,10 @@ class BERT4RecParams(ModelParams):
             0.5 Beauty, 0.2 ML-1M).
         attention_dropout: ``attention_probs_dropout_prob`` (0.2).
         initializer_range: std of the truncated-normal initialisation.
+        head: ``"transform"`` (the original's masked-LM head: dense + GELU + LayerNorm, then
+            the tied table plus an output bias) or ``"plain"`` (the encoder's output dotted
+            with the tied table, no transform, no bias: the BERT4Rec of Klenitskiy & Vasilev's
+            code, Hugging Face's ``BertModel`` under a tied linear layer).
         mask_prob: ``masked_lm_prob``: proportion of a row's positions selected (0.6 Beauty,
             0.2 ML-1M).
         max_predictions: ``max_predictions_per_seq`` (30 Beauty, 40 ML-1M).
@@ -151,6 +158,7 @@ class BERT4RecParams(ModelParams):
     hidden_dropout: float = 0.5
     attention_dropout: float = 0.2
     initializer_range: float = 0.02
+    head: str = "transform"
     mask_prob: float = 0.6
     max_predictions: int | None = 30
     mask_count: str = "fixed"
@@ -197,6 +205,8 @@ class BERT4RecParams(ModelParams):
             errors.append(f"max_predictions must be >= 1 or None, got {self.max_predictions}")
         if self.mask_count not in MASK_COUNTS:
             errors.append(f"mask_count must be one of {MASK_COUNTS}, got {self.mask_count!r}")
+        if self.head not in HEADS:
+            errors.append(f"head must be one of {HEADS}, got {self.head!r}")
         if self.replace not in REPLACE:
             errors.append(f"replace must be one of {REPLACE}, got {self.replace!r}")
         if self.lr_schedule not in SCHEDULES:
@@ -224,7 +234,8 @@ class BERT4RecNet(nn.Module):
     """The BERT4Rec network over ``n_items`` items (module docstring).
 
     ``item_emb`` has ``n_items + 1`` rows: row 0 is padding (zero), item index ``i`` is row
-    ``i + 1``; ``mask_emb`` ``[D]`` is the [MASK] token; ``out_bias`` ``[n_items]``.
+    ``i + 1``; ``mask_emb`` ``[D]`` is the [MASK] token; ``out_bias`` ``[n_items]``
+    (``head="transform"``; ``None`` with ``head="plain"``, which has no transform either).
     """
 
     def __init__(self, n_items: int, params: BERT4RecParams) -> None:
@@ -251,9 +262,13 @@ class BERT4RecNet(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, params.num_blocks, enable_nested_tensor=False
         )  # fmt: skip
-        self.transform = nn.Linear(d, d)
-        self.transform_norm = nn.LayerNorm(d, eps=_LN_EPS)
-        self.out_bias = nn.Parameter(torch.zeros(n_items))
+        self.transform: nn.Linear | None = None
+        self.transform_norm: nn.LayerNorm | None = None
+        self.out_bias: nn.Parameter | None = None
+        if params.head == "transform":
+            self.transform = nn.Linear(d, d)
+            self.transform_norm = nn.LayerNorm(d, eps=_LN_EPS)
+            self.out_bias = nn.Parameter(torch.zeros(n_items))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -276,8 +291,9 @@ class BERT4RecNet(nn.Module):
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Right-padded item indices ``items [B, L]`` (:data:`PAD` = -1, ``L <= maxlen``) and
-        ``mask [B, L]`` (True: [MASK] there, whatever ``items`` holds) -> the transformed
-        outputs ``h [B, L, D]`` (unspecified at padding)."""
+        ``mask [B, L]`` (True: [MASK] there, whatever ``items`` holds) -> the outputs
+        ``h [B, L, D]``, through the transform where the head has one (unspecified at
+        padding)."""
         batch, length = items.shape
         if length > self.maxlen:
             raise ValueError(f"sequence width {length} > maxlen {self.maxlen}")
@@ -288,6 +304,8 @@ class BERT4RecNet(nn.Module):
         x = self.emb_drop(self.emb_norm(x))
         # padding masked, positions from the start: one call per group of similar-length rows
         x = encode_by_width(lambda x, real: self.encoder(x, src_key_padding_mask=~real), x, real)
+        if self.transform is None or self.transform_norm is None:  # head="plain"
+            return x
         return self.transform_norm(F.gelu(self.transform(x), approximate="tanh"))
 
     def item_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -296,10 +314,11 @@ class BERT4RecNet(nn.Module):
         return self.item_emb.weight[1 + start : 1 + stop]
 
     def logits(self, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """``h [N, D]`` -> scores ``[N, stop - start]`` (tied table + output bias)."""
+        """``h [N, D]`` -> scores ``[N, stop - start]`` (tied table, + output bias)."""
         stop = self.n_items if stop is None else stop
         table = self.item_table(start, stop)
-        return h.to(table.dtype) @ table.T + self.out_bias[start:stop]
+        scores = h.to(table.dtype) @ table.T
+        return scores if self.out_bias is None else scores + self.out_bias[start:stop]
 
     def grow_items(self, n_new: int, generator: torch.Generator) -> list[str]:
         """Append ``n_new`` item rows (Glorot-uniform) and zero output biases (fine-tuning);
@@ -307,6 +326,8 @@ class BERT4RecNet(nn.Module):
         old = self.item_emb.weight.detach()
         rows = glorot_rows(n_new, old.shape[0], old.shape[1], generator)
         self.item_emb = grown_table(old, rows)
+        if self.out_bias is None:
+            return ["item_emb.weight"]
         self.out_bias = nn.Parameter(torch.cat([self.out_bias.detach(),
                                                 self.out_bias.new_zeros(n_new)]))  # fmt: skip
         return ["item_emb.weight", "out_bias"]
@@ -399,5 +420,5 @@ class BERT4Rec(SequenceTransformer):
 
     @torch.no_grad()
     def score(self, query: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Scores ``[N, stop - start]``: the tied item table plus the output bias."""
+        """Scores ``[N, stop - start]``: the tied item table (plus the output bias)."""
         return self._network().logits(query, start, stop)
