@@ -301,6 +301,19 @@ def test_bad_parameters_are_named() -> None:
         BERT4RecParams(mask_prob=0.0, replace="90/5/5")
     with pytest.raises(ValueError, match="head must be one of"):
         BERT4RecParams(head="mlp")
+    with pytest.raises(ValueError, match="adam_eps must be in"):
+        BERT4RecParams(adam_eps=0.0)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-8])
+def test_optimiser_is_berts_adamw_with_the_chosen_eps(eps: float) -> None:
+    model = _model(adam_eps=eps, weight_decay=0.01)
+    optimizer, _ = model._make_optimizer(_random_net(model.params), lr=1e-3, n_steps=10)
+    decay, no_decay = optimizer.param_groups
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert decay["eps"] == no_decay["eps"] == eps and decay["betas"] == (0.9, 0.999)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 1 for p in no_decay["params"])  # LayerNorm gains and biases only
 
 
 def test_warmup_then_linear_decay_as_bert() -> None:

@@ -23,7 +23,7 @@ all) is selected and **all** replaced by [MASK] (``replace="mask"``, the origina
 per window: ``1 / (dupe_factor + 1)`` = 1/11 of its instances). Loss: full-softmax
 cross-entropy over the items at the selected positions only. Optimiser (``optimization.py``):
 decoupled weight decay 0.01 (not on LayerNorm parameters nor biases), betas (0.9, 0.999), eps
-1e-6, global gradient norm clipped to 1.0, learning rate warmed up linearly over
+1e-6 (``adam_eps``), global gradient norm clipped to 1.0, learning rate warmed up linearly over
 ``warmup_steps`` steps and decayed linearly to 0 at the last step of training.
 
 Test time (``run.py``): [MASK] is **appended** after the whole history (for the test target,
@@ -126,6 +126,8 @@ class BERT4RecParams(ModelParams):
             maxlen``); ``None`` = ``maxlen``.
         lr: peak learning rate (1e-4).
         weight_decay: decoupled weight decay (0.01).
+        adam_eps: the optimiser's epsilon (1e-6, the original's; PyTorch's default, 1e-8, in
+            Klenitskiy & Vasilev's BERT4Rec).
         warmup_steps: linear warm-up steps (100).
         lr_schedule: after the warm-up, ``"linear"`` decay to 0 at the last step (the
             original) or ``"constant"`` (e.g. Klenitskiy & Vasilev's BERT4Rec: Adam at 1e-3).
@@ -168,6 +170,7 @@ class BERT4RecParams(ModelParams):
     stride: int | None = None
     lr: float = 1e-4
     weight_decay: float = 0.01
+    adam_eps: float = 1e-6
     warmup_steps: int = 100
     lr_schedule: str = "linear"
     grad_clip: float | None = 1.0
@@ -217,6 +220,8 @@ class BERT4RecParams(ModelParams):
             errors.append(f"stride must be in 1..maxlen or None, got {self.stride}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.num_epochs < 0:
             errors.append("need lr > 0, weight_decay >= 0, warmup_steps >= 0, num_epochs >= 0")
+        if not 0.0 < self.adam_eps < 1.0:
+            errors.append(f"adam_eps must be in (0, 1), got {self.adam_eps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             errors.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.bucket < 0:
@@ -383,7 +388,7 @@ class BERT4Rec(SequenceTransformer):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.params.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.999), eps=1e-6,
+            lr=lr, betas=(0.9, 0.999), eps=self.params.adam_eps,
             fused=self.device.type in ("cpu", "cuda") or None,
         )  # fmt: skip
         p = self.params
