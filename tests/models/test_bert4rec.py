@@ -5,6 +5,7 @@ and fine-tuning with item growth."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -303,6 +304,29 @@ def test_bad_parameters_are_named() -> None:
         BERT4RecParams(head="mlp")
     with pytest.raises(ValueError, match="adam_eps must be in"):
         BERT4RecParams(adam_eps=0.0)
+    with pytest.raises(ValueError, match="mask_bounds=False needs mask_count='bernoulli'"):
+        BERT4RecParams(mask_bounds=False, mask_count="fixed")
+
+
+def test_unbounded_masks_train_and_a_batch_without_masks_adds_nothing() -> None:
+    """``mask_bounds=False`` (Klenitskiy & Vasilev's draw) reaches the batcher, and a batch whose
+    rows select nothing gives a zero loss with zero gradients instead of NaN."""
+    model = _model(mask_bounds=False, mask_count="bernoulli", mask_prob=0.2, mask_last_prob=0.0)
+    train = successor_sessions(30, 40, seed=1)
+    batcher = model._make_batcher(model.prepare_training_data(train), seed=0)
+    assert batcher.min_one == "never"
+    counts = torch.cat([(b.targets != PAD).sum(1) for b in batcher.epoch(0)])
+    assert int(counts.min()) == 0  # some rows train nothing, as in their code
+    net = _random_net(model.params)
+    loss_fn = model._loss_function(net, torch.Generator(), (None, None), None)  # type: ignore[arg-type]
+    batch = next(iter(batcher.epoch(0)))
+    empty = dataclasses.replace(batch, targets=torch.full_like(batch.targets, PAD))
+    loss, n = loss_fn(empty)
+    loss.backward()
+    assert n == 0 and loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in net.parameters())
+    model.fit(train, progress=False)
+    assert np.isfinite(model.history[-1].loss) and model.history[-1].loss < model.history[0].loss
 
 
 @pytest.mark.parametrize("eps", [1e-6, 1e-8])

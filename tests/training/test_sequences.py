@@ -354,6 +354,28 @@ def test_mask_rate_matches_expectation(n: int, p: float, min_one: str) -> None:
         assert abs(rate - (p + (1 - p) / n)) < 0.01
 
 
+def test_unbounded_bernoulli_draw_selects_none_or_all_at_exactly_the_rate() -> None:
+    """``min_one="never"``: the plain Bernoulli draw (Klenitskiy & Vasilev's BERT4Rec), so short
+    rows select nothing or everything at their binomial odds and the rate is ``mask_prob``."""
+    n, p, rows = 3, 0.4, 6000
+    data = make_data([n] * rows, n_items=1000, seed=6)
+    batcher = SequenceBatcher(
+        data, batch_size=500, maxlen=n, mode="masked", mask_prob=p, min_one="never", seed=4
+    )
+    counts = torch.cat([(b.targets != PAD).sum(1) for b in batcher.epoch(0)]).double()
+    for k, want in ((0, (1 - p) ** n), (n, p**n)):
+        share = (counts == k).double().mean().item()
+        assert abs(share - want) < 5 * math.sqrt(want * (1 - want) / rows), (k, share, want)
+    assert abs(counts.mean().item() / n - p) < 5 * math.sqrt(p * (1 - p) / (n * rows))
+    bounded = SequenceBatcher(
+        data, batch_size=500, maxlen=n, mode="masked", mask_prob=p, min_one="if_none", seed=4
+    )
+    first, first_bounded = next(iter(batcher.epoch(0))), next(iter(bounded.epoch(0)))
+    both = ((first.targets != PAD).sum(1) > 0) & ((first.targets != PAD).sum(1) < n)
+    assert both.any()  # within the bounds the two rules draw the very same positions
+    torch.testing.assert_close(first.targets[both], first_bounded.targets[both])
+
+
 def test_masked_targets_and_mask_replace_all() -> None:
     data = make_data([1, 2, 3, 8, 20], n_items=50, seed=7)
     batcher = SequenceBatcher(

@@ -117,7 +117,12 @@ class BERT4RecParams(ModelParams):
         max_predictions: ``max_predictions_per_seq`` (30 Beauty, 40 ML-1M).
         mask_count: ``"fixed"`` (the original: ``round(n * mask_prob)`` positions, at most
             ``max_predictions``) or ``"bernoulli"`` (each position with probability
-            ``mask_prob``, at least one: Klenitskiy & Vasilev's BERT4Rec, Transformers4Rec).
+            ``mask_prob``: Klenitskiy & Vasilev's BERT4Rec, Transformers4Rec).
+        mask_bounds: a row selects at least one position and, with two or more, never all
+            (True, the original's rule); ``False`` (``"bernoulli"`` only) keeps the plain draw,
+            as Klenitskiy & Vasilev's code does: a row may select none of its positions (it adds
+            nothing to the loss) or all of them (a batch that selects nothing at all, negligible
+            at realistic batch sizes, takes a zero-gradient step).
         mask_last_prob: probability that a row masks only its last item (1 / 11).
         replace: ``"mask"`` (the original: every selected position gets [MASK]) or
             ``"80/10/10"`` (BERT's: 80 % [MASK], 10 % a random item, 10 % unchanged).
@@ -164,6 +169,7 @@ class BERT4RecParams(ModelParams):
     mask_prob: float = 0.6
     max_predictions: int | None = 30
     mask_count: str = "fixed"
+    mask_bounds: bool = True
     mask_last_prob: float = 1.0 / 11.0
     replace: str = "mask"
     long: str = "last"
@@ -208,6 +214,8 @@ class BERT4RecParams(ModelParams):
             errors.append(f"max_predictions must be >= 1 or None, got {self.max_predictions}")
         if self.mask_count not in MASK_COUNTS:
             errors.append(f"mask_count must be one of {MASK_COUNTS}, got {self.mask_count!r}")
+        if not self.mask_bounds and self.mask_count != "bernoulli":
+            errors.append("mask_bounds=False needs mask_count='bernoulli'")
         if self.head not in HEADS:
             errors.append(f"head must be one of {HEADS}, got {self.head!r}")
         if self.replace not in REPLACE:
@@ -375,6 +383,7 @@ class BERT4Rec(SequenceTransformer):
             mask_prob=p.mask_prob,
             mask_count=p.mask_count,  # type: ignore[arg-type]
             max_masked=p.max_predictions,
+            min_one="if_none" if p.mask_bounds else "never",
             mask_last_prob=p.mask_last_prob,
             replace=p.replace,  # type: ignore[arg-type]
             seed=seed,
@@ -406,11 +415,14 @@ class BERT4Rec(SequenceTransformer):
         support: torch.Tensor,
     ) -> Callable[[SequenceBatch], tuple[torch.Tensor, int]]:
         assert isinstance(net, BERT4RecNet)
+        may_be_empty = not self.params.mask_bounds
 
         def loss_fn(batch: SequenceBatch) -> tuple[torch.Tensor, int]:
             assert batch.mask is not None
             h = net(batch.items, batch.mask)  # [B, L, D]
             selected = batch.targets != PAD  # [B, L]: the masked-LM positions only
+            if may_be_empty and not bool(selected.any()):  # the plain draw selected nothing
+                return h.sum() * 0.0, 0
             logits = net.logits(h[selected])  # [N, n_items]
             targets = batch.targets[selected]
             return full_softmax_cross_entropy(logits.float(), targets), len(targets)

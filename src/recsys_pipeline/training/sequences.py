@@ -33,7 +33,8 @@ with probability ``mask_prob`` (Transformers4Rec), ``"fixed"`` exactly
 least one and, when ``n >= 2``, never all positions selected: an empty draw gets one uniform
 position (``min_one="if_none"``; ``"always"`` adds one uniform position to every Bernoulli draw,
 as Transformers4Rec does, which raises the effective rate on short rows), a full draw loses one
-uniform position. A **length-1 row** (only with ``min_length=1``) has its only item selected:
+uniform position. ``min_one="never"`` keeps the plain Bernoulli draw, bounds off: a row may select
+none of its positions (it trains nothing) or all of them (Klenitskiy & Vasilev's BERT4Rec). A **length-1 row** (only with ``min_length=1``) has its only item selected:
 "at least one" wins over "never all" (BERT4Rec's rule; Transformers4Rec would train nothing on
 it). With probability ``mask_last_prob`` a row instead selects only its last item (BERT4Rec's
 "mask last" instances). ``replace="mask"``: every selected position gets ``mask`` True (BERT4Rec,
@@ -258,7 +259,8 @@ class SequenceBatcher:
         mask_count: ``"bernoulli"`` (Transformers4Rec) or ``"fixed"`` (BERT4Rec).
         max_masked: ``"fixed"`` only: at most this many selected positions per row (BERT4Rec's
             ``max_predictions_per_seq``); ``None`` = no cap.
-        min_one: ``"if_none"`` or ``"always"`` (Transformers4Rec), see the module docstring.
+        min_one: ``"if_none"``, ``"always"`` (Transformers4Rec) or ``"never"`` (no bounds: a
+            row may select none or all), ``"bernoulli"`` only; see the module docstring.
         mask_last_prob: probability that a row selects only its last item.
         replace: ``"mask"`` (every selected position masked) or ``"80/10/10"``.
         seed: non-negative seed; with the epoch number it fixes every order and draw.
@@ -286,7 +288,7 @@ class SequenceBatcher:
         mask_prob: float = 0.2,
         mask_count: Literal["bernoulli", "fixed"] = "bernoulli",
         max_masked: int | None = None,
-        min_one: Literal["if_none", "always"] = "if_none",
+        min_one: Literal["if_none", "always", "never"] = "if_none",
         mask_last_prob: float = 0.0,
         replace: Literal["mask", "80/10/10"] = "mask",
         seed: int = 0,
@@ -306,7 +308,7 @@ class SequenceBatcher:
         _check(0.0 < mask_prob <= 1.0, f"mask_prob must be in (0, 1], got {mask_prob}")
         _check(mask_count in ("bernoulli", "fixed"), f"unknown mask_count {mask_count!r}")
         _check(max_masked is None or max_masked >= 1, "max_masked must be >= 1")
-        _check(min_one in ("if_none", "always"), f"unknown min_one {min_one!r}")
+        _check(min_one in ("if_none", "always", "never"), f"unknown min_one {min_one!r}")
         _check(0.0 <= mask_last_prob <= 1.0, "mask_last_prob must be in [0, 1]")
         _check(replace in ("mask", "80/10/10"), f"unknown replace {replace!r}")
         _check(seed >= 0, f"seed must be >= 0, got {seed}")
@@ -536,14 +538,15 @@ class SequenceBatcher:
         if self.mask_count == "bernoulli":
             selected = (u < self.mask_prob) & real
             extra = (rng.random(n_rows) * n).astype(np.int64)
+            drop = (rng.random(n_rows) * n).astype(np.int64)  # all selected: any is selected
             if self.min_one == "always":
                 selected[rows_, extra] = True
-            else:
+            elif self.min_one == "if_none":
                 none = ~selected.any(axis=1)
                 selected[rows_[none], extra[none]] = True
-            drop = (rng.random(n_rows) * n).astype(np.int64)  # all selected: any is selected
-            full = (selected.sum(axis=1) == n) & (n >= 2)
-            selected[rows_[full], drop[full]] = False
+            if self.min_one != "never":
+                full = (selected.sum(axis=1) == n) & (n >= 2)
+                selected[rows_[full], drop[full]] = False
         else:
             k = np.round(n * self.mask_prob).astype(np.int64)
             if self.max_masked is not None:
