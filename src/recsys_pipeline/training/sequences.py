@@ -34,10 +34,11 @@ least one and, when ``n >= 2``, never all positions selected: an empty draw gets
 position (``min_one="if_none"``; ``"always"`` adds one uniform position to every Bernoulli draw,
 as Transformers4Rec does, which raises the effective rate on short rows), a full draw loses one
 uniform position. ``min_one="never"`` keeps the plain Bernoulli draw, bounds off: a row may select
-none of its positions (it trains nothing) or all of them (Klenitskiy & Vasilev's BERT4Rec). A **length-1 row** (only with ``min_length=1``) has its only item selected:
-"at least one" wins over "never all" (BERT4Rec's rule; Transformers4Rec would train nothing on
-it). With probability ``mask_last_prob`` a row instead selects only its last item (BERT4Rec's
-"mask last" instances). ``replace="mask"``: every selected position gets ``mask`` True (BERT4Rec,
+none of its positions (it trains nothing) or all of them (Klenitskiy & Vasilev's BERT4Rec). A
+**length-1 row** (only with ``min_length=1``) has its only item selected: "at least one" wins over
+"never all" (BERT4Rec's rule; Transformers4Rec would train nothing on it). With probability
+``mask_last_prob`` a row instead selects only its last item (BERT4Rec's "mask last" instances).
+``replace="mask"``: every selected position gets ``mask`` True (BERT4Rec,
 Transformers4Rec); ``"80/10/10"``: 80 % get ``mask`` True, 10 % get a uniformly random item in
 ``items`` (``mask`` False), 10 % keep their item (``mask`` False); all selected positions are
 targets. So *targets* are ``targets != PAD``, and ``mask`` marks only where to substitute.
