@@ -122,7 +122,9 @@ class BERT4RecParams(ModelParams):
             (True, the original's rule); ``False`` (``"bernoulli"`` only) keeps the plain draw,
             as Klenitskiy & Vasilev's code does: a row may select none of its positions (it adds
             nothing to the loss) or all of them (a batch that selects nothing at all, negligible
-            at realistic batch sizes, takes a zero-gradient step).
+            at realistic batch sizes, takes a zero-gradient step). With their setting on
+            ``beauty.txt`` the plain draw is what reaches their published figure (README,
+            "Published full-ranking targets").
         mask_last_prob: probability that a row masks only its last item (1 / 11).
         replace: ``"mask"`` (the original: every selected position gets [MASK]) or
             ``"80/10/10"`` (BERT's: 80 % [MASK], 10 % a random item, 10 % unchanged).
