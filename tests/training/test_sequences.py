@@ -374,6 +374,9 @@ def test_unbounded_bernoulli_draw_selects_none_or_all_at_exactly_the_rate() -> N
     both = ((first.targets != PAD).sum(1) > 0) & ((first.targets != PAD).sum(1) < n)
     assert both.any()  # within the bounds the two rules draw the very same positions
     torch.testing.assert_close(first.targets[both], first_bounded.targets[both])
+    with pytest.raises(ValueError, match="min_one='never' needs mask_count='bernoulli'"):
+        SequenceBatcher(data, batch_size=500, maxlen=n, mode="masked", mask_count="fixed",
+                        min_one="never")  # fmt: skip
 
 
 def test_masked_targets_and_mask_replace_all() -> None:

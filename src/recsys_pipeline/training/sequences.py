@@ -310,6 +310,10 @@ class SequenceBatcher:
         _check(mask_count in ("bernoulli", "fixed"), f"unknown mask_count {mask_count!r}")
         _check(max_masked is None or max_masked >= 1, "max_masked must be >= 1")
         _check(min_one in ("if_none", "always", "never"), f"unknown min_one {min_one!r}")
+        _check(
+            min_one == "if_none" or mask_count == "bernoulli",
+            f"min_one={min_one!r} needs mask_count='bernoulli' (a fixed count is always bounded)",
+        )
         _check(0.0 <= mask_last_prob <= 1.0, "mask_last_prob must be in [0, 1]")
         _check(replace in ("mask", "80/10/10"), f"unknown replace {replace!r}")
         _check(seed >= 0, f"seed must be >= 0, got {seed}")
@@ -539,7 +543,8 @@ class SequenceBatcher:
         if self.mask_count == "bernoulli":
             selected = (u < self.mask_prob) & real
             extra = (rng.random(n_rows) * n).astype(np.int64)
-            drop = (rng.random(n_rows) * n).astype(np.int64)  # all selected: any is selected
+            # all selected: any is selected; drawn under every rule so the streams stay aligned
+            drop = (rng.random(n_rows) * n).astype(np.int64)
             if self.min_one == "always":
                 selected[rows_, extra] = True
             elif self.min_one == "if_none":
